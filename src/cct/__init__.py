@@ -1,0 +1,7 @@
+"""compact-transformers: Compact Convolutional Transformers (Hassani et al., 2021) in PyTorch."""
+
+from .errors import CCTError
+from .models import CCT, CCTConfig, count_macs, count_parameters, create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["CCT", "CCTConfig", "CCTError", "count_macs", "count_parameters", "create_model", "list_models"]

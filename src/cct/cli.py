@@ -1,0 +1,128 @@
+"""The `cct` command: models, train, evaluate, predict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import CCTError
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .models import count_macs, count_parameters, create_model, list_models, model_config
+
+    print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}")
+    for name in list_models(args.pattern):
+        model = create_model(name)
+        c = model_config(name)
+        print(f"{name:<22} {count_parameters(model):>12,} {count_macs(model) / 1e9:>9.3f}G  "
+              f"{c.img_size:>3}x{c.img_size:<3}  {c.num_classes:>7}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import RunConfig, get_recipe, train
+
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                 "limit_train": args.limit_train, "limit_test": args.limit_test}
+    recipe = replace(get_recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
+    train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
+                    device=args.device))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .evaluation import evaluate
+    from .plots import plot_confusion_matrix
+    from .training import load_checkpoint
+    from .training.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    model, header = load_checkpoint(path, args.device)
+    dataset = args.dataset or header["info"].get("dataset")
+    if not dataset:
+        raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
+    _, test = load_dataset(dataset, args.data_dir, model.config.img_size)
+    if len(test.classes) != model.config.num_classes:
+        raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
+    result = evaluate(model, test)
+    print(f"{model.config.name} on {dataset} test ({len(test):,} images): top-1 {result.top1:.2%} "
+          f"top-5 {result.top5:.2%} loss {result.loss:.4f}")
+    for name, acc in zip(test.classes, result.per_class):
+        print(f"  {name:<15} {acc:.2%}")
+    out = Path(args.out or path.with_name(path.stem + "-confusion.png"))
+    plot_confusion_matrix(result.confusion, test.classes, out,
+                          f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
+    print(f"confusion matrix: {out}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .inference import predict_files
+    from .training import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint, args.device)
+    predictions = predict_files(model, args.images, args.top_k)
+    if args.json:
+        print(json.dumps([{"image": str(path), "labels": p.labels, "probabilities": p.probabilities}
+                          for path, p in zip(args.images, predictions)], indent=2))
+        return
+    for path, prediction in zip(args.images, predictions):
+        print(path)
+        for label, probability in zip(prediction.labels, prediction.probabilities):
+            print(f"  {probability:7.2%}  {label}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cct", description="Compact Convolutional Transformers")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("models", help="list model variants with parameters and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'cct_7*'")
+    p.set_defaults(func=_models)
+
+    p = commands.add_parser("train", help="train a model with a named recipe")
+    p.add_argument("--model", default="cct_keras")
+    p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, or a folder with train/ and test/")
+    p.add_argument("--recipe", default="keras-example")
+    p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<dataset>-<time>)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit-train", type=int, help="train on the first N training images only")
+    p.add_argument("--limit-test", type=int, help="test on a fixed random N of the test images")
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("evaluate", help="top-1, top-5, per-class accuracy and a confusion matrix")
+    p.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors checkpoint")
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="confusion-matrix PNG (default: beside the checkpoint)")
+    p.set_defaults(func=_evaluate)
+
+    p = commands.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CCTError as e:
+        print(f"cct: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cct: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,161 @@
+"""Datasets held in memory as uint8 tensors: CIFAR-10/100 and folders of users' own images."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CCTError
+from .download import download, extract
+from .images import IMAGE_SUFFIXES, load_image
+
+
+@dataclass
+class ImageTensors:
+    """Images (N, 3, H, W) uint8 with labels (N,) int64 and the class names."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: slice | torch.Tensor) -> "ImageTensors":
+        return ImageTensors(self.images[index], self.labels[index], self.classes)
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    name: str
+    url: str
+    md5: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+    @property
+    def archive(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+CIFAR = {
+    "cifar10": CifarSpec("cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                         "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py",
+                         tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+                         b"labels", b"label_names"),
+    "cifar100": CifarSpec("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                          "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python", ("train",), ("test",), "meta",
+                          b"fine_labels", b"fine_label_names"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads the official CIFAR pickles, refusing every global but the ones a numpy array needs."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except FileNotFoundError:
+        raise CCTError(f"{path}: missing (not a complete CIFAR folder)") from None
+    except Exception as e:
+        raise CCTError(f"{path}: not a valid CIFAR batch file ({e})") from e
+
+
+def _read_split(folder: Path, files: tuple[str, ...], spec: CifarSpec, classes: list[str]) -> ImageTensors:
+    images, labels = [], []
+    for name in files:
+        batch = _read_pickle(folder / name)
+        try:
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            label = np.asarray(batch[spec.label_key], dtype=np.int64)
+        except (KeyError, ValueError) as e:
+            raise CCTError(f"{folder / name}: not a valid CIFAR batch file ({e!r})") from e
+        if len(data) != len(label) or label.min() < 0 or label.max() >= len(classes):
+            raise CCTError(f"{folder / name}: labels do not match the images or the classes")
+        images.append(data)
+        labels.append(label)
+    return ImageTensors(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), classes)
+
+
+def find_cifar(spec: CifarSpec, data_dir: Path, download_missing: bool = True) -> Path:
+    """The extracted folder of `spec` under `data_dir`: used as is, extracted from the official archive, or
+    downloaded from the official URL (md5-checked) when neither is there."""
+    data_dir = Path(data_dir)
+    for candidate in (data_dir, data_dir / spec.folder):
+        if (candidate / spec.meta_file).is_file():
+            return candidate
+    archive = data_dir / spec.archive
+    if not archive.is_file():
+        if not download_missing:
+            raise CCTError(f"{data_dir}: no {spec.folder}/ or {spec.archive} here (and downloading is off)")
+        download(spec.url, archive, spec.md5)
+    return extract(archive, spec.md5, data_dir, spec.folder)
+
+
+def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True,
+               spec: CifarSpec | None = None) -> tuple[ImageTensors, ImageTensors]:
+    """(train, test) of CIFAR-10 or CIFAR-100, as uint8 tensors in the official order."""
+    if spec is None:
+        if name not in CIFAR:
+            raise CCTError(f"unknown dataset '{name}' (choose from {', '.join(CIFAR)} or a folder of images)")
+        spec = CIFAR[name]
+    folder = find_cifar(spec, Path(data_dir), download_missing)
+    meta = _read_pickle(folder / spec.meta_file)
+    classes = [c.decode() for c in meta[spec.names_key]]
+    return (_read_split(folder, spec.train_files, spec, classes), _read_split(folder, spec.test_files, spec, classes))
+
+
+def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
+    """A folder with one subfolder of images per class (sorted names are the classes), resized to
+    img_size x img_size the way `cct predict` converts images. Unreadable files are an error naming them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CCTError(f"{root}: not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    images, labels = [], []
+    for index, cls in enumerate(classes):
+        for path in sorted((root / cls).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(load_image(path, img_size))
+                labels.append(index)
+    if not images:
+        raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders")
+    return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
+
+
+def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
+                 download_missing: bool = True) -> tuple[ImageTensors, ImageTensors]:
+    """(train, test) by name: "cifar10", "cifar100", or a folder holding train/ and test/ folders of classes."""
+    if name in CIFAR:
+        return load_cifar(name, data_dir, download_missing)
+    root = Path(name)
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "
+                       "test/ subfolders of class folders")
+    train, test = load_image_folder(root / "train", img_size), load_image_folder(root / "test", img_size)
+    if train.classes != test.classes:
+        raise CCTError(f"{root}: train/ and test/ have different class folders")
+    return train, test

@@ -1,0 +1,56 @@
+"""Evaluation: logits over a whole uint8 dataset in batches, and the metrics computed from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import ImageTensors
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1] on `device`, channels-last: the one conversion used by training,
+    evaluation and prediction (the model normalises by its own mean/std)."""
+    x = images.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits (N, num_classes) on the CPU for uint8 images (N, C, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(to_model_input(images[i:i + batch_size], device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@dataclass
+class Metrics:
+    """Loss, top-1/top-5 accuracy (fractions), per-class accuracy and the confusion matrix
+    (rows: true class, columns: predicted)."""
+
+    loss: float
+    top1: float
+    top5: float
+    per_class: list[float]
+    confusion: torch.Tensor
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Metrics:
+    loss = F.cross_entropy(logits, labels).item()
+    top = logits.topk(min(5, num_classes), dim=1).indices
+    top1 = (top[:, 0] == labels).float().mean().item()
+    top5 = (top == labels[:, None]).any(dim=1).float().mean().item()
+    confusion = torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes)
+    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    return Metrics(loss, top1, top5, per_class, confusion)
+
+
+def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int = 500) -> Metrics:
+    return metrics_from_logits(predict_logits(model, data.images, batch_size), data.labels, len(data.classes))

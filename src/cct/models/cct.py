@@ -1,0 +1,157 @@
+"""The CCT family: one configurable model covering the seed Keras CCT, the paper's CCTs, ViT-Lite and CVT."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .layers import (ConvTokenizer, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
+                     sinusoidal_embedding)
+
+
+@dataclass(frozen=True)
+class CCTConfig:
+    """Everything that defines a model of the family; saved beside every checkpoint.
+
+    style "paper" is the authors' PyTorch code; "keras" is the keras.io example (pre-norm encoder,
+    Keras tokenizer padding and Keras initialisers). `tokenizer` "conv" is CCT's, "patch" ViT's.
+    `pooling` "sequence" is CCT's sequence pooling, "class_token" ViT's class token.
+    Inputs are float images in [0, 1]; the model subtracts `mean` and divides by `std` itself.
+    """
+
+    name: str
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_ratio: float
+    img_size: int = 32
+    in_chans: int = 3
+    num_classes: int = 10
+    style: Literal["paper", "keras"] = "paper"
+    tokenizer: Literal["conv", "patch"] = "conv"
+    kernel_size: int = 3
+    num_convs: int = 2
+    patch_size: int = 4
+    head_dim: int | None = None
+    pooling: Literal["sequence", "class_token"] = "sequence"
+    positional_embedding: Literal["learnable", "sine", "none"] = "learnable"
+    dropout: float = 0.0
+    attention_dropout: float = 0.1
+    stochastic_depth: float = 0.1
+    mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+    std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+    class_names: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CCTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        tuples = {"mean", "std", "class_names"}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+class CCT(nn.Module):
+    """Image classifier: tokenizer -> (+ positions) -> encoder blocks -> norm -> pooling -> linear head.
+
+    forward: (B, C, H, W) float in [0, 1] -> (B, num_classes) logits.
+    """
+
+    def __init__(self, config: CCTConfig):
+        super().__init__()
+        self.config = c = config
+        self.register_buffer("mean", torch.tensor(c.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(c.std).view(1, -1, 1, 1), persistent=False)
+        if c.tokenizer == "conv":
+            self.tokenizer = ConvTokenizer(c.in_chans, c.embed_dim, c.num_convs, c.kernel_size, style=c.style)
+        else:
+            self.tokenizer = PatchTokenizer(c.in_chans, c.embed_dim, c.patch_size)
+        with torch.no_grad():
+            num_tokens = self.tokenizer(torch.zeros(1, c.in_chans, c.img_size, c.img_size)).shape[1]
+        self.class_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.pooling == "class_token" else None
+        num_tokens += c.pooling == "class_token"
+        self.num_tokens = num_tokens
+        if c.positional_embedding == "learnable":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, c.embed_dim))
+        elif c.positional_embedding == "sine":
+            self.register_buffer("pos_embed", sinusoidal_embedding(num_tokens, c.embed_dim)[None], persistent=False)
+        else:
+            self.pos_embed = None
+        self.dropout = nn.Dropout(c.dropout)
+        drop_paths = torch.linspace(0, c.stochastic_depth, c.num_layers, dtype=torch.float64).tolist()
+        if c.style == "keras":
+            self.blocks = nn.Sequential(*(
+                KerasEncoderBlock(c.embed_dim, c.num_heads, c.head_dim or c.embed_dim // c.num_heads, c.mlp_ratio,
+                                  c.dropout, c.attention_dropout, p) for p in drop_paths))
+        else:
+            self.blocks = nn.Sequential(*(
+                PaperEncoderBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, c.attention_dropout, p)
+                for p in drop_paths))
+        self.norm = nn.LayerNorm(c.embed_dim, eps=1e-5)
+        self.pool = SequencePooling(c.embed_dim) if c.pooling == "sequence" else None
+        self.head = nn.Linear(c.embed_dim, c.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.config.style == "keras":
+            self.apply(_keras_init)
+            if isinstance(self.pos_embed, nn.Parameter):
+                nn.init.xavier_uniform_(self.pos_embed.data[0])
+        else:
+            self.apply(_paper_init)
+            if isinstance(self.pos_embed, nn.Parameter):
+                nn.init.trunc_normal_(self.pos_embed, std=0.2)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> normalised encoder output (B, N, D)."""
+        x = self.tokenizer((x - self.mean) / self.std)
+        if self.class_token is not None:
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.pos_embed is not None:
+            if x.shape[1] != self.pos_embed.shape[1]:
+                raise ValueError(f"{self.config.name} was built for {self.config.img_size}x{self.config.img_size} "
+                                 f"images ({self.pos_embed.shape[1]} tokens); got {x.shape[1]} tokens")
+            x = x + self.pos_embed
+        return self.norm(self.blocks(self.dropout(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(x)
+        x = self.pool(x) if self.pool is not None else x[:, 0]
+        return self.head(x)
+
+
+def _paper_init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _keras_init(m: nn.Module) -> None:
+    """Keras defaults: glorot_uniform dense kernels, zero biases; the tokenizer's convs use he_normal."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_in = m.weight[0].numel()
+        std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # Keras' truncated-normal correction
+        nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,208 @@
+"""The building blocks of CCT, one small module per idea of the paper.
+
+Shapes: B batch, C channels, H x W image, N tokens, D embedding width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for a whole sample with probability `p`.
+
+    (B, ...) -> (B, ...); identity in eval mode or when p == 0.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class KerasSameMaxPool(nn.Module):
+    """MaxPool2d with Keras' padding="same": output ceil(H / stride), extra padding on the bottom/right.
+
+    (B, C, H, W) -> (B, C, ceil(H / s), ceil(W / s)).
+    """
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def _padding(self, size: int) -> tuple[int, int]:
+        total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel_size - size, 0)
+        return total // 2, total - total // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = self._padding(x.shape[-2])
+        left, right = self._padding(x.shape[-1])
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+class ConvTokenizer(nn.Module):
+    """CCT's convolutional tokenizer: `num_convs` stages of conv -> ReLU -> max-pool(3, stride 2).
+
+    Intermediate stages have `hidden_channels`, the last one `embed_dim`; no conv bias.
+    style "paper": conv(kernel k, stride max(1, k // 2 - 1), padding max(1, k // 2)), MaxPool(3, 2, padding 1).
+    style "keras": conv(kernel k, stride 1, "valid"), ZeroPadding(k // 2), MaxPool(3, 2, "same").
+
+    (B, C, H, W) -> (B, N, D), N = the number of positions left after the last pooling.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, num_convs: int, kernel_size: int,
+                 hidden_channels: int = 64, style: str = "paper"):
+        super().__init__()
+        channels = [in_chans] + [hidden_channels] * (num_convs - 1) + [embed_dim]
+        stages = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            if style == "keras":
+                stage = [nn.Conv2d(c_in, c_out, kernel_size, stride=1, padding=0, bias=False), nn.ReLU(),
+                         nn.ZeroPad2d(kernel_size // 2), KerasSameMaxPool(3, 2)]
+            else:
+                stride, padding = max(1, kernel_size // 2 - 1), max(1, kernel_size // 2)
+                stage = [nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding, bias=False), nn.ReLU(),
+                         nn.MaxPool2d(3, stride=2, padding=1)]
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x).flatten(2).transpose(1, 2)
+
+
+class PatchTokenizer(nn.Module):
+    """ViT's patch embedding: one conv with kernel = stride = `patch_size` (with bias).
+
+    (B, C, H, W) -> (B, (H / p) * (W / p), D).
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def sinusoidal_embedding(num_tokens: int, dim: int) -> torch.Tensor:
+    """The fixed sine/cosine position table of "Attention is all you need": (num_tokens, dim)."""
+    position = torch.arange(num_tokens, dtype=torch.float64)[:, None]
+    exponent = 2 * (torch.arange(dim) // 2) / dim
+    table = position / (10000 ** exponent)[None, :]
+    table[:, 0::2] = table[:, 0::2].sin()
+    table[:, 1::2] = table[:, 1::2].cos()
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention.
+
+    `head_dim` defaults to dim / num_heads (the paper); Keras' MultiHeadAttention(key_dim=k) sets it to k,
+    whatever `dim` is. The rows of `qkv.weight` are [query; key; value], each `num_heads * head_dim` long,
+    head-major, so Keras' query/key/value kernels of shape (dim, heads, head_dim) map onto them one to one.
+
+    (B, N, D) -> (B, N, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = False,
+                 attention_dropout: float = 0.0, projection_dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim or dim // num_heads
+        inner = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.attention_dropout = attention_dropout
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(projection_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attention_dropout if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+
+class PaperEncoderBlock(nn.Module):
+    """The CCT authors' encoder layer. It differs from a pre-norm transformer: the stream is normalised
+    *after* the attention residual, and the MLP has no norm of its own.
+
+        x = norm1(x + drop_path(attn(pre_norm(x))))
+        x = x + drop_path(dropout(fc2(dropout(gelu(fc1(x))))))
+
+    (B, N, D) -> (B, N, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, attention_dropout: float,
+                 drop_path: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.pre_norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, attention_dropout=attention_dropout, projection_dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop_path(self.attn(self.pre_norm(x))))
+        return x + self.drop_path(self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x))))))
+
+
+class KerasEncoderBlock(nn.Module):
+    """The keras.io CCT encoder layer: pre-norm on both branches, q/k/v with bias and a per-head width
+    of its own, and GELU after *both* MLP layers, each followed by dropout.
+
+        x = x + drop_path(attn(norm1(x)))
+        x = x + drop_path(dropout(gelu(fc2(dropout(gelu(fc1(norm2(x))))))))
+
+    (B, N, D) -> (B, N, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, dropout: float,
+                 attention_dropout: float, drop_path: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.attn = Attention(dim, num_heads, head_dim=head_dim, qkv_bias=True, attention_dropout=attention_dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        mlp = self.dropout(F.gelu(self.fc2(self.dropout(F.gelu(self.fc1(self.norm2(x)))))))
+        return x + self.drop_path(mlp)
+
+
+class SequencePooling(nn.Module):
+    """CCT's sequence pooling: a softmax over tokens of a learned score, then the weighted sum of tokens.
+
+    (B, N, D) -> pooled (B, D); `weights(x)` gives the (B, N) token weights.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x).squeeze(-1).softmax(dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bn,bnd->bd", self.weights(x), x)

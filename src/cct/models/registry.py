@@ -1,0 +1,87 @@
+"""Named model variants, looked up like timm's `create_model`.
+
+Names follow the authors': cct_{layers}_{kernel}x{convs}_{resolution}, vit_lite_{layers}_{patch}_{resolution},
+cvt_{layers}_{patch}_{resolution}; a `_sine` suffix swaps the learnable position table for a sinusoidal one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import replace
+
+import torch
+
+from ..errors import CCTError
+from .cct import CCT, CCTConfig
+
+_MODELS: dict[str, CCTConfig] = {}
+_ALIASES: dict[str, str] = {}
+
+# size: (layers, heads, dim, mlp ratio), the paper's table
+_SIZES = {2: (2, 2, 128, 1.0), 4: (4, 2, 128, 1.0), 6: (6, 4, 256, 2.0), 7: (7, 4, 256, 2.0), 14: (14, 6, 384, 3.0)}
+KERAS_MEAN, KERAS_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def register(config: CCTConfig, *aliases: str) -> None:
+    _MODELS[config.name] = config
+    for alias in aliases:
+        _ALIASES[alias] = config.name
+
+
+def _register_family() -> None:
+    register(CCTConfig("cct_2_3x2_32_keras", num_layers=2, num_heads=2, embed_dim=128, mlp_ratio=1.0, style="keras",
+                       head_dim=128, dropout=0.1, mean=KERAS_MEAN, std=KERAS_STD), "cct_keras")
+    cct_variants = [(2, 3, 2, 32), (4, 3, 2, 32), (6, 3, 1, 32), (6, 3, 2, 32), (7, 3, 1, 32), (7, 3, 2, 32),
+                    (7, 7, 2, 224), (14, 7, 2, 224)]
+    for size, kernel, convs, res in cct_variants:
+        layers, heads, dim, mlp = _SIZES[size]
+        config = CCTConfig(f"cct_{size}_{kernel}x{convs}_{res}", layers, heads, dim, mlp, img_size=res,
+                           kernel_size=kernel, num_convs=convs, num_classes=10 if res == 32 else 1000)
+        register(config)
+        register(replace(config, name=config.name + "_sine", positional_embedding="sine"))
+    for size in (6, 7):
+        layers, heads, dim, mlp = _SIZES[size]
+        for prefix, pooling in (("vit_lite", "class_token"), ("cvt", "sequence")):
+            register(CCTConfig(f"{prefix}_{size}_4_32", layers, heads, dim, mlp, tokenizer="patch", patch_size=4,
+                               pooling=pooling))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+
+
+def model_config(name: str, **overrides) -> CCTConfig:
+    """The registered config of `name` (or an alias), with fields replaced by `overrides` (None is ignored)."""
+    canonical = _ALIASES.get(name, name)
+    if canonical not in _MODELS:
+        close = [n for n in list_models() if name.split("_")[0] in n][:5]
+        hint = f"; similar: {', '.join(close)}" if close else ""
+        raise CCTError(f"unknown model '{name}' (see `cct models`){hint}")
+    return replace(_MODELS[canonical], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
+                 positional_embedding: str | None = None, **overrides) -> CCT:
+    """Build a freshly initialised model by name, e.g. `create_model("cct_7_3x1_32", num_classes=100)`."""
+    return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
+                            positional_embedding=positional_embedding, **overrides))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: CCT) -> int:
+    """Multiply-accumulates of one forward pass on one image, counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = model.config
+    x = torch.zeros(1, c.in_chans, c.img_size, c.img_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(x)
+    return counter.get_total_flops() // 2
+
+
+_register_family()

@@ -1,0 +1,75 @@
+"""Checkpoints: weights in safetensors (never pickle), with the model config and a checksum inside the file,
+and a readable JSON copy beside it. Both are written to a temporary file and renamed, so a crash never
+leaves a half-written checkpoint in place of a good one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as save_safetensors
+
+from ..errors import CCTError
+from ..files import atomic_write
+from ..models import CCT, CCTConfig
+
+FORMAT = "cct-checkpoint/1"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, model: CCT, info: dict | None = None) -> Path:
+    """Write `path` (.safetensors) and its JSON copy (.json). `info`: anything JSON-serialisable to keep with it
+    (epoch, metrics, dataset...)."""
+    path = Path(path).with_suffix(".safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "model": model.config.to_dict(), "sha256": tensors_sha256(tensors),
+              "info": info or {}}
+    atomic_write(path, save_safetensors(tensors, metadata={k: json.dumps(v) for k, v in header.items()}))
+    atomic_write(path.with_suffix(".json"), json.dumps(header, indent=2) + "\n")
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run folder (its best checkpoint), a .safetensors file or its .json copy -> the .safetensors path."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    elif path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if not path.is_file():
+        raise CCTError(f"{path}: no such checkpoint")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CCT, dict]:
+    """Rebuild the model saved at `path`; returns (model in eval mode, header with "model" and "info").
+    A truncated, altered or mismatched file is a CCTError naming it."""
+    path = resolve_checkpoint(path)
+    try:
+        with safe_open(path, "pt") as f:
+            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CCTError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from e
+    if header.get("format") != FORMAT or "model" not in header:
+        raise CCTError(f"{path}: not a cct checkpoint (no model config in its metadata)")
+    if tensors_sha256(tensors) != header.get("sha256"):
+        raise CCTError(f"{path}: checksum mismatch, the weights were altered or damaged")
+    try:
+        model = CCT(CCTConfig.from_dict(header["model"]))
+        model.load_state_dict(tensors)
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CCTError(f"{path}: weights do not match the model config ({first})") from e
+    return model.to(map_location).eval(), header

@@ -1,0 +1,147 @@
+"""The training loop, top to bottom: data -> model -> optimiser -> epochs (train, validate, checkpoint)
+-> restore the best epoch -> one test evaluation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data import build_augmentation, load_dataset
+from ..errors import CCTError
+from ..evaluation import Metrics, evaluate, to_model_input
+from ..files import atomic_write
+from ..models import count_parameters, create_model, model_config
+from ..plots import plot_training_curves
+from .checkpoint import load_checkpoint, save_checkpoint
+from .recipes import Recipe
+
+CSV_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds"]
+
+
+@dataclass
+class RunConfig:
+    """One training run: what to train, on what, where, and with which recipe. Saved as config.json."""
+
+    model: str
+    dataset: str
+    recipe: Recipe
+    data_dir: str = "data"
+    out: str | None = None
+    device: str = "auto"
+    model_config: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise CCTError(f"device '{name}' is not usable here ({str(e).splitlines()[0]})") from e
+    return device
+
+
+def train(run: RunConfig) -> tuple[Path, Metrics]:
+    """Train as `run` says; returns the run folder and the test metrics of the best epoch."""
+    recipe = run.recipe
+    model_config(run.model)  # an unknown name fails before any data is read
+    device = resolve_device(run.device)
+    torch.manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    # data: the last `val_size` training images validate; all of it stays in memory as uint8
+    train_all, test = load_dataset(run.dataset, run.data_dir)
+    if recipe.val_size >= len(train_all):
+        raise CCTError(f"val_size {recipe.val_size} leaves no training images (the set has {len(train_all)})")
+    train_set = train_all.subset(slice(0, len(train_all) - recipe.val_size))
+    val_set = train_all.subset(slice(len(train_all) - recipe.val_size, None))
+    if recipe.limit_train:
+        train_set = train_set.subset(slice(0, recipe.limit_train))
+    if recipe.limit_test:
+        test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:recipe.limit_test])
+    img_size = train_all.images.shape[-1]
+
+    model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
+                         class_names=tuple(train_all.classes)).to(device, memory_format=torch.channels_last)
+    run.model_config = model.config.to_dict()
+    augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
+                                  weight_decay=recipe.weight_decay)
+
+    out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
+                                       f"{datetime.now():%Y%m%d-%H%M%S}")
+    run.out = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.json", run.to_json() + "\n")
+    print(f"run folder: {out}\n{run.to_json()}")
+    print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
+          f"val {len(val_set):,} | test {len(test):,} | device {device}")
+
+    rows: list[dict] = []
+    best_acc = -1.0
+    for epoch in range(1, recipe.epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=generator)
+        loss_sum = correct = seen = 0
+        batches = range(0, len(order), recipe.batch_size)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True)
+        for start in bar:
+            index = order[start:start + recipe.batch_size]
+            x = augment(to_model_input(train_set.images[index], device))
+            y = train_set.labels[index].to(device)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+        bar.close()
+
+        val = evaluate(model, val_set, recipe.eval_batch_size)
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val.loss,
+               "val_acc": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        rows.append(row)
+        print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
+              f"val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%} | {row['seconds']:.1f}s", flush=True)
+        _write_metrics(out / "metrics.csv", rows)
+        info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name}
+        save_checkpoint(out / "last.safetensors", model, info)
+        if val.top1 > best_acc:
+            best_acc = val.top1
+            save_checkpoint(out / "best.safetensors", model, info)
+
+    plot_training_curves(rows, out / "training-curves.png")
+    model, header = load_checkpoint(out / "best.safetensors", device)
+    result = evaluate(model, test, recipe.eval_batch_size)
+    summary = {"best_epoch": header["info"]["epoch"], "test_top1": result.top1, "test_top5": result.top5,
+               "test_images": len(test), "per_class": dict(zip(test.classes, result.per_class))}
+    atomic_write(out / "test.json", json.dumps(summary, indent=2) + "\n")
+    print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
+          f"top-5 {result.top5:.2%} on {len(test):,} images")
+    return out, result
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())

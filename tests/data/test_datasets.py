@@ -1,0 +1,135 @@
+import os
+import pickle
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cct.data import CIFAR, build_augmentation, load_cifar, load_image_folder
+from cct.errors import CCTError
+from tests.conftest import md5_of, write_cifar10_archive
+from tests.helpers import write_image
+
+
+def test_real_cifar10_from_the_extracted_folder(cifar10_dir):
+    train, test = load_cifar("cifar10", cifar10_dir, download_missing=False)
+    assert train.images.shape == (50_000, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10_000, 3, 32, 32)
+    assert train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    assert train.classes[0] == "airplane" and train.classes[-1] == "truck"
+    mean = train.images.float().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4)
+
+
+def test_download_from_the_official_layout_over_http(tmp_path, http_server):
+    www, url = http_server
+    images, labels = write_cifar10_archive(www / "cifar-10-python.tar.gz")
+    spec = replace(CIFAR["cifar10"], url=f"{url}/cifar-10-python.tar.gz", md5=md5_of(www / "cifar-10-python.tar.gz"))
+    data_dir = tmp_path / "data"
+    train, test = load_cifar("cifar10", data_dir, spec=spec)
+    assert torch.equal(train.images, torch.from_numpy(images))
+    assert train.labels.tolist() == labels.tolist()
+    assert len(test) == 20
+    assert (data_dir / "cifar-10-python.tar.gz").is_file() and (data_dir / "cifar-10-batches-py").is_dir()
+    assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    # a second load uses the extracted folder and downloads nothing
+    (www / "cifar-10-python.tar.gz").unlink()
+    assert torch.equal(load_cifar("cifar10", data_dir, spec=spec)[0].images, train.images)
+
+
+def test_download_with_a_bad_md5_leaves_nothing_behind(tmp_path, http_server):
+    www, url = http_server
+    write_cifar10_archive(www / "cifar-10-python.tar.gz")
+    spec = replace(CIFAR["cifar10"], url=f"{url}/cifar-10-python.tar.gz")  # the official md5: does not match
+    data_dir = tmp_path / "data"
+    with pytest.raises(CCTError, match="corrupt: md5"):
+        load_cifar("cifar10", data_dir, spec=spec)
+    assert list(data_dir.iterdir()) == []
+
+
+def test_download_of_a_missing_file_is_a_clear_error(tmp_path, http_server):
+    _, url = http_server
+    spec = replace(CIFAR["cifar10"], url=f"{url}/nothing-here.tar.gz")
+    with pytest.raises(CCTError, match="cannot download .*404"):
+        load_cifar("cifar10", tmp_path, spec=spec)
+    assert list(tmp_path.iterdir()) == [tmp_path / "www"]
+
+
+def test_official_archive_is_md5_checked_and_extracted(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    images, _ = write_cifar10_archive(archive, per_batch=8)
+    spec = replace(CIFAR["cifar10"], md5=md5_of(archive))
+    train, _ = load_cifar("cifar10", tmp_path, download_missing=False, spec=spec)
+    assert torch.equal(train.images, torch.from_numpy(images))
+
+    other = tmp_path / "other"
+    other.mkdir()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (other / archive.name).write_bytes(bytes(data))
+    with pytest.raises(CCTError, match="cifar-10-python.tar.gz: md5"):
+        load_cifar("cifar10", other, download_missing=False, spec=spec)
+    assert sorted(p.name for p in other.iterdir()) == ["cifar-10-python.tar.gz"]
+
+
+def test_missing_data_without_download_names_the_folder(tmp_path):
+    with pytest.raises(CCTError, match=f"{tmp_path}: no cifar-10-batches-py/"):
+        load_cifar("cifar10", tmp_path, download_missing=False)
+
+
+def test_pickles_cannot_run_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": Exploit()}))
+    with pytest.raises(CCTError, match="batches.meta: not a valid CIFAR batch file .*refusing to load"):
+        load_cifar("cifar10", tmp_path, download_missing=False)
+    assert not marker.exists()
+
+
+def test_folder_dataset_converts_any_size_and_mode(tmp_path):
+    for cls, specs in {"cats": [((40, 30), "RGB"), ((32, 32), "L")], "dogs": [((64, 64), "RGBA"), ((10, 50), "P")]}.items():
+        (tmp_path / cls).mkdir()
+        for i, (size, mode) in enumerate(specs):
+            write_image(tmp_path / cls / f"{i}.png", size, mode, seed=i)
+    (tmp_path / "dogs" / "notes.txt").write_text("not an image, and not named like one")
+    data = load_image_folder(tmp_path, 32)
+    assert data.classes == ["cats", "dogs"]
+    assert data.images.shape == (4, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0, 0, 1, 1]
+    gray = data.images[1]
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+
+
+def test_folder_dataset_names_an_unreadable_image(tmp_path):
+    (tmp_path / "cats").mkdir()
+    write_image(tmp_path / "cats" / "good.png", (32, 32))
+    (tmp_path / "cats" / "broken.png").write_bytes(b"this is text, not a PNG")
+    with pytest.raises(CCTError, match="broken.png: not a readable image"):
+        load_image_folder(tmp_path, 32)
+
+
+def test_flip_is_drawn_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(256, 3, 32, 32)
+    y = build_augmentation(32, crop_padding=0, hflip=True)(x)
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    unchanged = (y == x).flatten(1).all(1)
+    assert (flipped | unchanged).all()
+    assert 90 < flipped.sum().item() < 166
+
+
+def test_crop_with_padding_shifts_each_image():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32) + 1  # no zeros inside the image: zeros in the output come from the padding
+    y = build_augmentation(32, crop_padding=4, hflip=False)(x)
+    assert y.shape == x.shape
+    padded_rows = (y == 0).all(dim=(1, 3)).sum(1)  # fully zero rows per image
+    assert padded_rows.max() <= 4 and padded_rows.unique().numel() > 1
+    assert torch.equal(build_augmentation(32, 0, False)(x), x)

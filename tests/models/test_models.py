@@ -1,0 +1,162 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cct
+from cct.models.layers import (DropPath, KerasEncoderBlock, KerasSameMaxPool, PaperEncoderBlock, SequencePooling,
+                               sinusoidal_embedding)
+
+# The authors' table (reference.md section 2): parameters in millions and GMACs, CIFAR models at 32x32.
+PAPER_TABLE = {
+    "vit_lite_7_4_32": (3.717, 0.239), "cvt_7_4_32": (3.717, 0.236), "cct_2_3x2_32": (0.284, 0.033),
+    "cct_4_3x2_32": (0.482, 0.046), "cct_6_3x2_32": (3.327, 0.241), "cct_7_3x2_32": (3.853, 0.275),
+    "cct_7_3x1_32": (3.760, 0.947),
+    # The table's 3.168M for CCT 6/3x1 is the model without its 256x256 learnable position table,
+    # i.e. the sinusoidal variant; the learnable one has 3,233,803 parameters.
+    "cct_6_3x1_32_sine": (3.168, 0.813),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_parameters_and_macs_match_the_paper(name):
+    model = cct.create_model(name)
+    params, macs = PAPER_TABLE[name]
+    assert cct.count_parameters(model) == pytest.approx(params * 1e6, rel=0.005)
+    assert cct.count_macs(model) == pytest.approx(macs * 1e9, rel=0.02)
+
+
+def test_seed_model_parameters_exactly():
+    model = cct.create_model("cct_keras")
+    assert model.config.name == "cct_2_3x2_32_keras"
+    assert cct.count_parameters(model) == 416_331
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert [count(s[0]) for s in model.tokenizer.stages] == [1_728, 73_728]
+    assert model.pos_embed.numel() == 8_192
+    assert [count(b) for b in model.blocks] == [165_504, 165_504]
+    assert (count(model.norm), count(model.pool), count(model.head)) == (256, 129, 1_290)
+    attention = model.blocks[0].attn
+    assert attention.qkv.weight.shape == (3 * 2 * 128, 128) and attention.qkv.bias is not None
+    assert attention.proj.weight.shape == (128, 256)
+    assert [b.drop_path.p for b in model.blocks] == [0.0, 0.1]
+    assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+
+
+def test_seed_tokenizer_shapes_follow_keras_padding():
+    model = cct.create_model("cct_keras")
+    x = torch.rand(2, 3, 32, 32)
+    shapes = []
+    for stage in model.tokenizer.stages:
+        for layer in stage:
+            x = layer(x)
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(64, 30, 30), (64, 30, 30), (64, 32, 32), (64, 16, 16),
+                      (128, 14, 14), (128, 14, 14), (128, 16, 16), (128, 8, 8)]
+
+
+def test_keras_same_max_pool_pads_bottom_right():
+    x = torch.arange(16.0).view(1, 1, 4, 4) - 100  # all negative: a zero pad would win the max
+    out = KerasSameMaxPool(3, 2)(x)
+    # windows start at 0 and 2; the second runs past the edge into the bottom/right padding only
+    expected = torch.tensor([[x[0, 0, :3, :3].max(), x[0, 0, :3, 2:].max()],
+                             [x[0, 0, 2:, :3].max(), x[0, 0, 2:, 2:].max()]])
+    assert torch.equal(out[0, 0], expected)
+    assert KerasSameMaxPool(3, 2)(torch.rand(1, 1, 7, 9)).shape[-2:] == (4, 5)
+
+
+@pytest.mark.parametrize("name", cct.list_models())
+def test_every_variant_classifies_a_batch(name):
+    model = cct.create_model(name).eval()
+    c = model.config
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, c.img_size, c.img_size))
+    assert logits.shape == (2, c.num_classes)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("embedding", ["learnable", "sine", "none"])
+def test_positional_embeddings(embedding):
+    model = cct.create_model("cct_7_3x2_32", positional_embedding=embedding)
+    if embedding == "learnable":
+        assert isinstance(model.pos_embed, torch.nn.Parameter) and model.pos_embed.shape == (1, 64, 256)
+    elif embedding == "sine":
+        assert not isinstance(model.pos_embed, torch.nn.Parameter)
+        assert torch.allclose(model.pos_embed[0], sinusoidal_embedding(64, 256))
+        assert "pos_embed" not in model.state_dict()
+    else:
+        assert model.pos_embed is None
+    logits = model(torch.rand(3, 3, 32, 32))
+    logits.sum().backward()
+    assert logits.shape == (3, 10)
+
+
+def test_sinusoidal_table_values():
+    table = sinusoidal_embedding(5, 8)
+    p, i = 3, 4  # even column: sin(p / 10000^(i/dim)); odd column i+1 uses the same frequency with cos
+    assert table[p, i].item() == pytest.approx(torch.sin(torch.tensor(p / 10000 ** (i / 8))).item(), abs=1e-6)
+    assert table[p, i + 1].item() == pytest.approx(torch.cos(torch.tensor(p / 10000 ** (i / 8))).item(), abs=1e-6)
+
+
+def test_any_input_size_and_class_count():
+    model = cct.create_model("cct_7_3x1_32", num_classes=100, img_size=48)
+    assert model(torch.rand(2, 3, 48, 48)).shape == (2, 100)
+    assert model.num_tokens == 48 * 48 // 4
+    with pytest.raises(ValueError, match="48x48"):
+        model(torch.rand(1, 3, 32, 32))
+    free = cct.create_model("cvt_7_4_32", positional_embedding="none", num_classes=7)
+    assert free(torch.rand(1, 3, 64, 64)).shape == (1, 7)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(cct.CCTError, match="unknown model 'cct_3_3x2_32'"):
+        cct.create_model("cct_3_3x2_32")
+
+
+def test_keras_block_applies_gelu_after_both_mlp_layers():
+    torch.manual_seed(0)
+    block = KerasEncoderBlock(16, 2, 16, 1.0, 0.0, 0.0, 0.0).eval()
+    for layer in (block.attn.proj,):
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    x = torch.randn(4, 5, 16) * 3
+    mlp = block(x) - x
+    assert mlp.min() >= -0.1701  # GELU's minimum: the branch ends in a GELU
+    assert torch.allclose(mlp, F.gelu(block.fc2(F.gelu(block.fc1(block.norm2(x))))), atol=1e-6)
+
+
+def test_paper_block_normalises_the_stream_after_attention():
+    torch.manual_seed(0)
+    block = PaperEncoderBlock(16, 2, 2.0, 0.0, 0.0, 0.0).eval()
+    torch.nn.init.zeros_(block.fc2.weight)
+    torch.nn.init.zeros_(block.fc2.bias)
+    x = torch.randn(4, 5, 16) * 3 + 2
+    y = block(x)
+    assert torch.allclose(y, block.norm1(x + block.attn(block.pre_norm(x))), atol=1e-6)
+    assert torch.allclose(y.mean(-1), torch.zeros(4, 5), atol=1e-5)
+
+
+def test_drop_path_drops_whole_samples_and_keeps_the_mean():
+    torch.manual_seed(0)
+    layer = DropPath(0.25).train()
+    out = layer(torch.ones(20_000, 3, 2))
+    per_sample = out.flatten(1)
+    assert torch.allclose(per_sample.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert (per_sample.std(1) == 0).all()  # a sample is kept or dropped whole
+    assert (per_sample[:, 0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.015)
+    assert torch.equal(layer.eval()(torch.ones(3, 2)), torch.ones(3, 2))
+
+
+def test_sequence_pooling_is_a_softmax_weighted_sum():
+    torch.manual_seed(0)
+    pool = SequencePooling(8)
+    x = torch.randn(2, 6, 8)
+    weights = pool.weights(x)
+    assert torch.allclose(weights.sum(1), torch.ones(2))
+    assert torch.allclose(pool(x), (weights[..., None] * x).sum(1), atol=1e-6)
+
+
+def test_model_normalises_its_input():
+    model = cct.create_model("cct_2_3x2_32").eval()
+    x = torch.rand(2, 3, 32, 32)
+    mean, std = torch.tensor(model.config.mean).view(1, 3, 1, 1), torch.tensor(model.config.std).view(1, 3, 1, 1)
+    direct = model.head(model.pool(model.norm(model.blocks(model.tokenizer((x - mean) / std) + model.pos_embed))))
+    assert torch.allclose(model(x), direct, atol=1e-5)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+import cct
+from cct.cli import main
+from cct.training import save_checkpoint
+from tests.conftest import write_cifar10_archive
+from tests.helpers import write_image
+
+
+def _fails_with(argv, capsys, message):
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cct: error: ") and message in err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = cct.create_model("cct_2_3x2_32", class_names=tuple("abcdefghij"))
+    return save_checkpoint(tmp_path / "model.safetensors", model, {"dataset": "cifar10"})
+
+
+def test_models_lists_names_parameters_and_macs(capsys):
+    assert main(["models", "cct_2_*"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["name", "params", "MACs"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"cct_2_3x2_32", "cct_2_3x2_32_keras", "cct_2_3x2_32_sine"}
+    assert rows["cct_2_3x2_32_keras"][1] == "416,331" and rows["cct_2_3x2_32"][2] == "0.033G"
+
+
+def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
+    images = [write_image(tmp_path / "gray.jpg", (200, 120), "L"), write_image(tmp_path / "pal.png", (16, 16), "P"),
+              write_image(tmp_path / "rgba.png", (33, 31), "RGBA")]
+    assert main(["predict", str(checkpoint), *map(str, images), "--top-k", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 * 4
+    assert lines[0] == str(images[0])
+    probabilities = [float(line.split("%")[0]) for line in lines[1:4]]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 100.01
+    assert lines[1].split()[-1] in "abcdefghij"
+
+
+def test_unknown_model_fails_before_touching_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _fails_with(["train", "--model", "resnet50"], capsys, "unknown model 'resnet50'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _fails_with(["train", "--recipe", "fastest"], capsys, "unknown recipe 'fastest'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    _fails_with(["train", "--dataset", str(tmp_path / "nope")], capsys, "unknown dataset")
+
+
+def test_corrupt_dataset_archive(tmp_path, capsys):
+    write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)  # not the official md5
+    _fails_with(["train", "--data-dir", str(tmp_path)], capsys, "cifar-10-python.tar.gz: md5")
+
+
+def test_corrupt_checkpoint(tmp_path, checkpoint, capsys):
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    _fails_with(["predict", str(checkpoint), str(write_image(tmp_path / "x.png", (32, 32)))], capsys,
+                "model.safetensors: not a readable checkpoint")
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    _fails_with(["evaluate", str(tmp_path / "run")], capsys, "no such checkpoint")
+
+
+def test_a_file_that_is_not_an_image(tmp_path, checkpoint, capsys):
+    (tmp_path / "photo.jpg").write_text("just text")
+    _fails_with(["predict", str(checkpoint), str(tmp_path / "photo.jpg")], capsys, "photo.jpg: not a readable image")
+    _fails_with(["predict", str(checkpoint), str(tmp_path / "absent.png")], capsys, "absent.png: no such file")
+
+
+def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):
+    from tests.helpers import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "colors", per_class=2)
+    _fails_with(["evaluate", str(checkpoint), "--dataset", str(data)], capsys, "the model has 10 classes")
+
+
+def test_python_m_cct_runs_the_cli():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "cct", "models", "cvt_7*"], capture_output=True, text=True)
+    assert result.returncode == 0 and "cvt_7_4_32" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "cct", "predict"], capture_output=True, text=True)
+    assert result.returncode == 2 and "the following arguments are required" in result.stderr

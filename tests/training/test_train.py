@@ -1,0 +1,80 @@
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import cct
+from cct.cli import main
+from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from tests.helpers import write_color_dataset
+
+
+def _tiny_recipe(**overrides):
+    from dataclasses import replace
+
+    return replace(RECIPES["keras-example"], **{"epochs": 2, "batch_size": 8, "val_size": 8, **overrides})
+
+
+def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
+    data = write_color_dataset(tmp_path / "colors")
+    run = RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(lr=3e-3), out=str(tmp_path / "run"))
+    out, result = train(run)
+    assert result.top1 >= 0.9  # red vs blue: a trained model separates them
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.json", "best.safetensors", "config.json", "last.json", "last.safetensors", "metrics.csv",
+        "test.json", "training-curves.png"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["recipe"] == run.recipe.to_dict() | {"betas": list(run.recipe.betas)}
+    assert saved["model_config"]["class_names"] == ["blue", "red"]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0 <= float(r["val_acc"]) <= 1 and float(r["seconds"]) > 0 for r in rows)
+    assert Image.open(out / "training-curves.png").size[0] > 600
+    test = json.loads((out / "test.json").read_text())
+    assert test["test_top1"] == pytest.approx(result.top1) and test["test_images"] == 48
+    best_epoch = max(rows, key=lambda r: float(r["val_acc"]))["epoch"]
+    assert test["best_epoch"] == int(best_epoch)
+    model, header = load_checkpoint(out)
+    assert header["info"]["epoch"] == int(best_epoch)
+
+
+def test_same_seed_same_weights(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    weights = []
+    for i in range(2):
+        out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1),
+                                 out=str(tmp_path / f"run{i}")))
+        weights.append(load_checkpoint(out / "last.safetensors")[0].state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cct_keras", "--data-dir", str(cifar10_dir), "--epochs", "1",
+                 "--limit-train", "5000", "--limit-test", "2000", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch   1/1 | train loss" in printed and "val loss" in printed and "top-5" in printed
+    test = json.loads((out / "test.json").read_text())
+    assert test["test_images"] == 2000
+    assert test["test_top1"] > 0.18  # chance is 0.10
+
+    assert main(["evaluate", str(out), "--data-dir", str(cifar10_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "on cifar10 test (10,000 images): top-1" in printed and "  truck" in printed
+    assert Image.open(out / "best-confusion.png").format == "PNG"
+
+    # a real test image, written as a file of another size and mode, is predicted as training saw it
+    _, test_set = cct.data.load_cifar("cifar10", cifar10_dir, download_missing=False)
+    model, _ = load_checkpoint(out)
+    image = Image.fromarray(test_set.images[0].permute(1, 2, 0).numpy())
+    image.save(tmp_path / "plane.png")
+    image.convert("RGBA").resize((96, 96), Image.Resampling.NEAREST).save(tmp_path / "plane-big.png")
+    assert main(["predict", str(out), str(tmp_path / "plane.png"), str(tmp_path / "plane-big.png"), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    expected = cct.inference.predict_images(model, test_set.images[:1])[0]
+    assert results[0]["labels"] == expected.labels
+    assert results[0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    assert results[1]["labels"][0] == expected.labels[0]
