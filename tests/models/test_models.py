@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cct
-from cct.models.layers import (DropPath, KerasEncoderBlock, KerasSameMaxPool, PaperEncoderBlock, SequencePooling,
+from cct.models.layers import (DropPath, KerasEncoderBlock, KerasPaddedMaxPool, PaperEncoderBlock, SequencePooling,
                                sinusoidal_embedding)
 
 # The authors' table (reference.md section 2): parameters in millions and GMACs, CIFAR models at 32x32.
@@ -35,7 +37,8 @@ def test_seed_model_parameters_exactly():
     assert [count(b) for b in model.blocks] == [165_504, 165_504]
     assert (count(model.norm), count(model.pool), count(model.head)) == (256, 129, 1_290)
     attention = model.blocks[0].attn
-    assert attention.qkv.weight.shape == (3 * 2 * 128, 128) and attention.qkv.bias is not None
+    for projection in (attention.query, attention.key, attention.value):
+        assert projection.weight.shape == (2 * 128, 128) and projection.bias is not None
     assert attention.proj.weight.shape == (128, 256)
     assert [b.drop_path.p for b in model.blocks] == [0.0, 0.1]
     assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
@@ -49,18 +52,33 @@ def test_seed_tokenizer_shapes_follow_keras_padding():
         for layer in stage:
             x = layer(x)
             shapes.append(tuple(x.shape[1:]))
-    assert shapes == [(64, 30, 30), (64, 30, 30), (64, 32, 32), (64, 16, 16),
-                      (128, 14, 14), (128, 14, 14), (128, 16, 16), (128, 8, 8)]
+    # conv 32 -> 30, ReLU, zero padding to 32 and pooling to 16 (one module), then 16 -> 14 -> (16) -> 8
+    assert shapes == [(64, 30, 30), (64, 30, 30), (64, 16, 16), (128, 14, 14), (128, 14, 14), (128, 8, 8)]
 
 
-def test_keras_same_max_pool_pads_bottom_right():
-    x = torch.arange(16.0).view(1, 1, 4, 4) - 100  # all negative: a zero pad would win the max
-    out = KerasSameMaxPool(3, 2)(x)
-    # windows start at 0 and 2; the second runs past the edge into the bottom/right padding only
-    expected = torch.tensor([[x[0, 0, :3, :3].max(), x[0, 0, :3, 2:].max()],
-                             [x[0, 0, 2:, :3].max(), x[0, 0, 2:, 2:].max()]])
-    assert torch.equal(out[0, 0], expected)
-    assert KerasSameMaxPool(3, 2)(torch.rand(1, 1, 7, 9)).shape[-2:] == (4, 5)
+def _keras_zero_pad_then_same_pool(x, zero_padding):
+    """The literal Keras ops: ZeroPadding2D, then MaxPooling2D(3, 2, "same") padding -inf bottom/right first."""
+    x = F.pad(x, (zero_padding,) * 4)
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        total = max((math.ceil(size / 2) - 1) * 2 + 3 - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.max_pool2d(F.pad(x, pads, value=float("-inf")), 3, 2)
+
+
+@pytest.mark.parametrize("shape,zero_padding", [((30, 30), 1), ((14, 14), 1), ((31, 31), 1), ((30, 29), 1),
+                                                ((26, 26), 3)])
+def test_keras_padded_max_pool_matches_keras_ops(shape, zero_padding):
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, *shape, requires_grad=True)  # the conv output; the pooling sees its ReLU
+    z_ref = z.detach().clone().requires_grad_()
+    out = KerasPaddedMaxPool(zero_padding)(torch.relu(z))
+    ref = _keras_zero_pad_then_same_pool(torch.relu(z_ref), zero_padding)
+    assert out.shape == ref.shape and torch.equal(out, ref)
+    weights = torch.randn_like(ref)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.equal(z.grad, z_ref.grad)
 
 
 @pytest.mark.parametrize("name", cct.list_models())

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .layers import (ConvTokenizer, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
+from .layers import (ConvTokenizer, Dropout, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
                      sinusoidal_embedding)
 
 
@@ -85,7 +85,7 @@ class CCT(nn.Module):
             self.register_buffer("pos_embed", sinusoidal_embedding(num_tokens, c.embed_dim)[None], persistent=False)
         else:
             self.pos_embed = None
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         drop_paths = torch.linspace(0, c.stochastic_depth, c.num_layers, dtype=torch.float64).tolist()
         if c.style == "keras":
             self.blocks = nn.Sequential(*(
