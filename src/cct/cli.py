@@ -23,13 +23,16 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .runtime import Runtime
     from .training import RunConfig, get_recipe, train
 
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test}
     recipe = replace(get_recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
+    runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
+                      compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
-                    device=args.device))
+                    runtime=runtime))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -89,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
     p.add_argument("--out", help="run folder (default: runs/<model>-<dataset>-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast dtype; auto: bf16 where the device computes it natively, else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
+    p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

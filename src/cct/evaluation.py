@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .data import ImageTensors
+from .runtime import Runtime
 
 
 def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -17,14 +19,23 @@ def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Te
     return x.contiguous(memory_format=torch.channels_last)
 
 
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits (N, num_classes) on the CPU for uint8 images (N, C, H, W), in eval mode."""
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500,
+                   runtime: Runtime | None = None, tta_flip: bool = False) -> torch.Tensor:
+    """Logits (N, num_classes) on the CPU for uint8 images (N, C, H, W), in eval mode, under the runtime's
+    precision. `tta_flip` averages the logits of each image and its mirror image."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = [model(to_model_input(images[i:i + batch_size], device)).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    autocast = runtime.autocast if runtime else contextlib.nullcontext
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_model_input(images[start:start + batch_size], device)
+        with autocast():
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -52,5 +63,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     return Metrics(loss, top1, top5, per_class, confusion)
 
 
-def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int = 500) -> Metrics:
-    return metrics_from_logits(predict_logits(model, data.images, batch_size), data.labels, len(data.classes))
+def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int = 500, runtime: Runtime | None = None,
+             tta_flip: bool = False) -> Metrics:
+    logits = predict_logits(model, data.images, batch_size, runtime, tta_flip)
+    return metrics_from_logits(logits, data.labels, len(data.classes))

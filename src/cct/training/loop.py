@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +21,9 @@ from ..data import build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write
-from ..models import count_parameters, create_model, model_config
+from ..models import CCT, count_parameters, create_model, model_config
 from ..plots import plot_training_curves
+from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
 from .recipes import Recipe
 
@@ -29,36 +32,44 @@ CSV_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_to
 
 @dataclass
 class RunConfig:
-    """One training run: what to train, on what, where, and with which recipe. Saved as config.json."""
+    """One training run: what to train, on what, where, with which recipe and runtime. Saved as config.json."""
 
     model: str
     dataset: str
     recipe: Recipe
     data_dir: str = "data"
     out: str | None = None
-    device: str = "auto"
+    runtime: Runtime = field(default_factory=Runtime)
     model_config: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as e:
-        raise CCTError(f"device '{name}' is not usable here ({str(e).splitlines()[0]})") from e
-    return device
+def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
+    """Step -> factor of the peak lr: linear warmup from 0, then constant or cosine decay to min_lr."""
+    warmup = round(recipe.warmup_epochs * steps_per_epoch)
+    total = recipe.epochs * steps_per_epoch
+    floor = recipe.min_lr / recipe.lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if recipe.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
-def train(run: RunConfig) -> tuple[Path, Metrics]:
-    """Train as `run` says; returns the run folder and the test metrics of the best epoch."""
+def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None) -> tuple[Path, Metrics]:
+    """Train as `run` says; returns the run folder and the test metrics of the best epoch.
+    `on_epoch_end(epoch, model)` is called after each epoch's checkpoint (benchmarks use it)."""
     recipe = run.recipe
     model_config(run.model)  # an unknown name fails before any data is read
-    device = resolve_device(run.device)
+    runtime = run.runtime = run.runtime.resolve()
+    device = runtime.torch_device
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
 
@@ -75,11 +86,14 @@ def train(run: RunConfig) -> tuple[Path, Metrics]:
     img_size = train_all.images.shape[-1]
 
     model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
-                         class_names=tuple(train_all.classes)).to(device, memory_format=torch.channels_last)
+                         class_names=tuple(train_all.classes))
     run.model_config = model.config.to_dict()
+    forward = runtime.prepare(model)
     augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
-                                  weight_decay=recipe.weight_decay)
+                                  weight_decay=recipe.weight_decay, fused=runtime.fused_optimizer or None)
+    steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe, steps_per_epoch))
 
     out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
                                        f"{datetime.now():%Y%m%d-%H%M%S}")
@@ -88,7 +102,7 @@ def train(run: RunConfig) -> tuple[Path, Metrics]:
     atomic_write(out / "config.json", run.to_json() + "\n")
     print(f"run folder: {out}\n{run.to_json()}")
     print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
-          f"val {len(val_set):,} | test {len(test):,} | device {device}")
+          f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision}")
 
     rows: list[dict] = []
     best_acc = -1.0
@@ -96,43 +110,51 @@ def train(run: RunConfig) -> tuple[Path, Metrics]:
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train_set), generator=generator)
-        loss_sum = correct = seen = 0
-        batches = range(0, len(order), recipe.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True)
-        for start in bar:
-            index = order[start:start + recipe.batch_size]
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True)
+        for step in bar:
+            index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             x = augment(to_model_input(train_set.images[index], device))
-            y = train_set.labels[index].to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            y = train_set.labels[index].to(device, non_blocking=True)
+            with runtime.autocast():
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+            schedule.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if step % 20 == 19 or step == steps_per_epoch - 1:
+                seen = min((step + 1) * recipe.batch_size, len(train_set))
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
         bar.close()
 
-        val = evaluate(model, val_set, recipe.eval_batch_size)
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val.loss,
-               "val_acc": val.top1, "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
+        val = evaluate(model, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / len(train_set),
+               "train_acc": correct.item() / len(train_set), "val_loss": val.loss, "val_acc": val.top1,
+               "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
         rows.append(row)
         print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
               f"val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%} | {row['seconds']:.1f}s", flush=True)
         _write_metrics(out / "metrics.csv", rows)
-        info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name}
+        info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name,
+                "tta_flip": recipe.tta_flip}
         save_checkpoint(out / "last.safetensors", model, info)
         if val.top1 > best_acc:
             best_acc = val.top1
             save_checkpoint(out / "best.safetensors", model, info)
+        if on_epoch_end:
+            on_epoch_end(epoch, model)
 
     plot_training_curves(rows, out / "training-curves.png")
     model, header = load_checkpoint(out / "best.safetensors", device)
-    result = evaluate(model, test, recipe.eval_batch_size)
+    result = evaluate(model, test, recipe.eval_batch_size, runtime, recipe.tta_flip)
     summary = {"best_epoch": header["info"]["epoch"], "test_top1": result.top1, "test_top5": result.top5,
-               "test_images": len(test), "per_class": dict(zip(test.classes, result.per_class))}
+               "test_images": len(test), "per_class": dict(zip(test.classes, result.per_class)),
+               "train_seconds": sum(r["seconds"] for r in rows)}
     atomic_write(out / "test.json", json.dumps(summary, indent=2) + "\n")
     print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
           f"top-5 {result.top5:.2%} on {len(test):,} images")

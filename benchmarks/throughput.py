@@ -1,0 +1,151 @@
+"""Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
+(fp32, eager, contiguous memory, unfused AdamW), measured in the same run, with the fraction of this
+machine's measured matmul peak. With `keras` installed (the `bench` extra) it times the identical Keras model.
+
+    python benchmarks/throughput.py [--models cct_keras cct_7_3x1_32] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+import cct
+from cct.runtime import Runtime
+
+BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
+    """Measured GFLOP/s of a square matmul."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
+
+
+def _timed(fn, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    started = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
+    torch.manual_seed(0)
+    runtime = runtime.resolve()
+    model = cct.create_model(name)
+    forward = runtime.prepare(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-7, weight_decay=1e-4,
+                                  fused=runtime.fused_optimizer or None)
+    size = model.config.img_size
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    labels = torch.randint(0, model.config.num_classes, (batch,), device=runtime.torch_device)
+
+    def step():
+        x = cct.evaluation.to_model_input(images, runtime.torch_device)
+        if not runtime.channels_last:
+            x = x.contiguous()
+        with runtime.autocast():
+            loss = F.cross_entropy(forward(x), labels, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return batch * steps / _timed(step, 3, steps)
+
+
+def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
+    runtime = runtime.resolve()
+    model = cct.create_model(name).eval()
+    forward = runtime.prepare(model)
+    size = model.config.img_size
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+
+    @torch.inference_mode()
+    def step():
+        x = cct.evaluation.to_model_input(images, runtime.torch_device)
+        if not runtime.channels_last:
+            x = x.contiguous()
+        with runtime.autocast():
+            forward(x)
+
+    return batch * steps / _timed(step, 3, steps)
+
+
+def keras_rates(batch: int, steps: int) -> tuple[float, float] | None:
+    """Training and inference images/s of the keras.io CCT built with Keras 3, or None without keras."""
+    try:
+        from cct.keras_reference import build_keras_cct
+    except ImportError:
+        return None
+    import numpy as np
+
+    model = build_keras_cct()
+    model.compile(optimizer="adamw", loss="sparse_categorical_crossentropy")
+    x = np.random.rand(batch * steps, 32, 32, 3).astype("float32")
+    y = np.random.randint(0, 10, batch * steps)
+    model.fit(x[:batch * 3], y[:batch * 3], batch_size=batch, verbose=0)
+    started = time.perf_counter()
+    model.fit(x, y, batch_size=batch, verbose=0)
+    train = batch * steps / (time.perf_counter() - started)
+    model.predict(x[:256 * 3], batch_size=256, verbose=0)
+    started = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    return train, len(x) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cct_keras", "cct_7_3x1_32"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=128, help="training batch (inference uses 256)")
+    parser.add_argument("--compile", action="store_true", help="also time our runtime with torch.compile")
+    args = parser.parse_args()
+
+    ours = Runtime()
+    variants = {"baseline": BASELINE, "ours": ours}
+    if args.compile:
+        variants["ours+compile"] = Runtime(compile=True)
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    resolved = ours.resolve()
+    print(f"torch {torch.__version__} | {torch.get_num_threads()} threads | ours: {resolved}")
+    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    for name in args.models:
+        model = cct.create_model(name)
+        flops = 2 * cct.count_macs(model)  # forward FLOPs per image; training is ~3x
+        print(f"\n{name}: {cct.count_parameters(model):,} parameters, {flops / 1e6:.0f} MFLOP forward per image")
+        rates = {}
+        for label, runtime in variants.items():
+            precision = runtime.resolve().precision
+            top = peak["bf16" if precision == "bf16" else "fp32"]
+            train = training_rate(name, runtime, args.batch, args.steps)
+            infer = inference_rate(name, runtime, 256, args.steps)
+            rates[label] = (train, infer)
+            print(f"  {label:<13} train {train:8.0f} img/s ({3 * flops * train / 1e9 / top:5.1%} of {precision} peak)"
+                  f" | inference {infer:8.0f} img/s ({flops * infer / 1e9 / top:5.1%})")
+        for label in rates:
+            if label != "baseline":
+                print(f"  {label} / baseline: train x{rates[label][0] / rates['baseline'][0]:.2f}, "
+                      f"inference x{rates[label][1] / rates['baseline'][1]:.2f}")
+        if name in ("cct_keras", "cct_2_3x2_32_keras"):
+            keras = keras_rates(args.batch, args.steps)
+            if keras is None:
+                print("  keras: not installed (pip install -e '.[bench]' to time the Keras model)")
+            else:
+                print(f"  keras         train {keras[0]:8.0f} img/s | inference {keras[1]:8.0f} img/s")
+                print(f"  ours / keras: train x{rates['ours'][0] / keras[0]:.2f}, "
+                      f"inference x{rates['ours'][1] / keras[1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""How a model executes: device, numeric precision, memory format, compilation and CPU threads.
+
+These choices change speed, not the model or the recipe; a run records the resolved values in its config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .errors import CCTError
+
+
+@dataclass
+class Runtime:
+    """`precision` "auto" is bf16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with
+    AVX512-BF16 or AMX), else fp32. `threads` None uses one thread per core this process may run on."""
+
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    fused_optimizer: bool = True
+    threads: int | None = None
+
+    def resolve(self) -> "Runtime":
+        """A copy with device, precision and threads made concrete (and the thread count applied)."""
+        device = resolve_device(self.device)
+        precision = self.precision if self.precision != "auto" else ("bf16" if bf16_native(device) else "fp32")
+        if precision == "fp16" and device.type != "cuda":
+            raise CCTError("precision fp16 needs a CUDA device; use bf16 or fp32 here")
+        threads = self.threads or len(os.sched_getaffinity(0))
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
+        return Runtime(str(device), precision, self.channels_last, self.compile, self.fused_optimizer, threads)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass (the weights and the optimiser stay fp32)."""
+        if self.precision in ("fp32", "auto"):
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.torch_device.type, dtype=dtype)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move `model` to the device and memory format; returns the module to call (compiled if asked)."""
+        model.to(self.torch_device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        return torch.compile(model) if self.compile else model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise CCTError(f"device '{name}' is not usable here ({str(e).splitlines()[0]})") from e
+    return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return False

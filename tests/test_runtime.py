@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+import cct
+from cct.evaluation import predict_logits
+from cct.runtime import Runtime
+
+
+def test_resolve_makes_every_choice_concrete():
+    runtime = Runtime(device="cpu", threads=1).resolve()
+    assert runtime.device == "cpu" and runtime.precision in ("fp32", "bf16") and runtime.threads == 1
+    assert torch.get_num_threads() == 1
+    Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
+
+
+def test_bf16_autocast_computes_linear_layers_in_bf16():
+    model = cct.create_model("cct_keras").eval()
+    x = torch.rand(2, 3, 32, 32)
+    with Runtime(device="cpu", precision="bf16").resolve().autocast():
+        assert model.head(torch.rand(2, 128)).dtype == torch.bfloat16
+        low = model(x).float()
+    with Runtime(device="cpu", precision="fp32").resolve().autocast():
+        assert model.head(torch.rand(2, 128)).dtype == torch.float32
+        full = model(x)
+    assert torch.allclose(low, full, atol=0.1) and not torch.equal(low, full)
+
+
+def test_fp16_needs_cuda():
+    with pytest.raises(cct.CCTError, match="fp16 needs a CUDA device"):
+        Runtime(device="cpu", precision="fp16").resolve()
+
+
+def test_unusable_device_is_a_clear_error():
+    with pytest.raises(cct.CCTError, match="device 'cuda:7' is not usable here"):
+        Runtime(device="cuda:7").resolve()
+
+
+def test_channels_last_and_compile_keep_the_outputs():
+    torch.manual_seed(0)
+    model = cct.create_model("cct_2_3x2_32").eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    plain = predict_logits(model, images)
+    runtime = Runtime(device="cpu", precision="fp32", channels_last=True, compile=True).resolve()
+    compiled = runtime.prepare(model)
+    assert model.tokenizer.stages[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = compiled(images.float().div(255).contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, plain, atol=1e-4)
+
+
+def test_test_time_flip_averages_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = cct.create_model("cct_2_3x2_32").eval()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    both = predict_logits(model, images, tta_flip=True)
+    expected = (predict_logits(model, images) + predict_logits(model, images.flip(-1))) / 2
+    assert torch.allclose(both, expected, atol=1e-5)
