@@ -112,7 +112,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         order = torch.randperm(len(train_set), generator=generator)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True,
+                   disable=None)  # a live bar on a terminal, none in a log file
         for step in bar:
             index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             x = augment(to_model_input(train_set.images[index], device))
