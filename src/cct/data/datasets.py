@@ -29,6 +29,9 @@ class ImageTensors:
     def subset(self, index: slice | torch.Tensor) -> "ImageTensors":
         return ImageTensors(self.images[index], self.labels[index], self.classes)
 
+    def to(self, device: torch.device | str) -> "ImageTensors":
+        return ImageTensors(self.images.to(device), self.labels.to(device), self.classes)
+
 
 @dataclass(frozen=True)
 class CifarSpec:

@@ -81,6 +81,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     val_set = train_all.subset(slice(len(train_all) - recipe.val_size, None))
     if recipe.limit_train:
         train_set = train_set.subset(slice(0, recipe.limit_train))
+    train_set = train_set.to(device)  # the whole uint8 set on the compute device: batches are index lookups
     if recipe.limit_test:
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:recipe.limit_test])
     img_size = train_all.images.shape[-1]
@@ -92,6 +93,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                   weight_decay=recipe.weight_decay, fused=runtime.fused_optimizer or None)
+    scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe, steps_per_epoch))
 
@@ -109,7 +111,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     for epoch in range(1, recipe.epochs + 1):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generator)
+        order = torch.randperm(len(train_set), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True,
@@ -117,13 +119,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         for step in bar:
             index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             x = augment(to_model_input(train_set.images[index], device))
-            y = train_set.labels[index].to(device, non_blocking=True)
+            y = train_set.labels[index]
             with runtime.autocast():
                 logits = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             schedule.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
