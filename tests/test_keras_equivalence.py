@@ -9,16 +9,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import cct  # noqa: E402
+from cct.cli import main  # noqa: E402
 from cct.convert import state_dict_from_keras_weights  # noqa: E402
 from cct.keras_reference import build_keras_cct  # noqa: E402
+from cct.training import load_checkpoint  # noqa: E402
 
 
 def test_keras_model_and_cct_keras_agree():
-    keras_model = build_keras_cct()
+    keras_model = _random_keras_model(0)  # every tensor random, biases and norms included
     assert keras_model.count_params() == 416_331
     rng = np.random.default_rng(0)
-    for weight in keras_model.weights:  # every tensor random, biases and norms included
-        weight.assign(rng.normal(0, 0.1, weight.shape).astype("float32"))
     model = cct.create_model("cct_keras").eval()
     model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.weights]))
 
@@ -29,3 +29,34 @@ def test_keras_model_and_cct_keras_agree():
     assert np.abs(expected).max() > 0.1
     assert np.abs(logits - expected).max() <= 1e-4
     assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def _random_keras_model(seed=0):
+    keras_model = build_keras_cct()
+    rng = np.random.default_rng(seed)
+    for weight in keras_model.weights:
+        weight.assign(rng.normal(0, 0.1, weight.shape).astype("float32"))
+    return keras_model
+
+
+def test_convert_keras_files_through_the_cli(tmp_path):
+    keras_model = _random_keras_model(1)
+    keras_model.save(tmp_path / "seed.keras")
+    keras_model.save_weights(tmp_path / "seed.weights.h5")
+    images = np.random.default_rng(2).random((8, 32, 32, 3)).astype("float32")
+    expected = np.asarray(keras_model(images, training=False))
+    for name in ("seed.keras", "seed.weights.h5"):
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["convert-keras", str(tmp_path / name), "--out", str(out)]) == 0
+        model, header = load_checkpoint(out)
+        assert header["info"]["source"].endswith(name) and model.config.class_names[0] == "airplane"
+        with torch.no_grad():
+            logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
+        assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_convert_keras_refuses_other_files(tmp_path, capsys):
+    (tmp_path / "other.weights.h5").write_bytes(b"not hdf5 at all")
+    assert main(["convert-keras", str(tmp_path / "other.weights.h5"), "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert "other.weights.h5: not the weights of the seed Keras CCT" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()

@@ -77,6 +77,15 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"  {probability:7.2%}  {label}")
 
 
+def _convert_keras(args: argparse.Namespace) -> None:
+    from .convert import convert_keras
+    from .training import save_checkpoint
+
+    model = convert_keras(args.weights)
+    out = save_checkpoint(args.out, model, {"dataset": "cifar10", "source": str(args.weights)})
+    print(f"{args.weights} -> {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cct", description="Compact Convolutional Transformers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
+
+    p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
+    p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")
+    p.add_argument("--out", default="cct_keras.safetensors", help="checkpoint to write")
+    p.set_defaults(func=_convert_keras)
     return parser
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from .models import CCT
+from .errors import CCTError
+from .models import CCT, create_model
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def state_dict_from_keras_weights(model: CCT, weights: list[np.ndarray]) -> dict[str, torch.Tensor]:
@@ -44,3 +49,23 @@ def state_dict_from_keras_weights(model: CCT, weights: list[np.ndarray]) -> dict
     if next(arrays, None) is not None:
         raise ValueError("the Keras model has more weights than cct_keras")
     return dict(pairs)
+
+
+def convert_keras(path: str | Path, class_names: tuple[str, ...] = CIFAR10_CLASSES) -> CCT:
+    """A `cct_keras` model holding the weights of a saved seed Keras model (.keras, .weights.h5 or .h5),
+    read by Keras 3 into the reference model (needs `keras` and a backend)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CCTError(f"{path}: no such file")
+    try:
+        from .keras_reference import build_keras_cct
+    except ImportError as e:
+        raise CCTError(f"converting Keras weights needs keras and a backend (pip install keras jax[cpu]): {e}") from e
+    keras_model = build_keras_cct(num_classes=len(class_names))
+    try:
+        keras_model.load_weights(path)
+    except Exception as e:  # Keras raises many types for a file that is not the seed model's weights
+        raise CCTError(f"{path}: not the weights of the seed Keras CCT ({str(e).splitlines()[0]})") from e
+    model = create_model("cct_keras", num_classes=len(class_names), class_names=class_names)
+    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.weights]))
+    return model.eval()
