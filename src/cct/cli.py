@@ -62,11 +62,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .inference import predict_files
-    from .training import load_checkpoint
+    from .inference import Classifier
 
-    model, _ = load_checkpoint(args.checkpoint, args.device)
-    predictions = predict_files(model, args.images, args.top_k)
+    predictions = Classifier.from_pretrained(args.checkpoint, args.device).predict(args.images, args.top_k)
     if args.json:
         print(json.dumps([{"image": str(path), "labels": p.labels, "probabilities": p.probabilities}
                           for path, p in zip(args.images, predictions)], indent=2))

@@ -1,15 +1,22 @@
-"""Prediction on image files with a trained model, converted exactly as training data was."""
+"""Prediction with a trained model on images of any kind, converted exactly as training data was."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
+import numpy as np
 import torch
+from PIL import Image
 
-from .data import load_image
+from .data import image_to_tensor, load_image
+from .errors import CCTError
 from .evaluation import predict_logits
 from .models import CCT
+from .runtime import Runtime
+
+ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
 
 @dataclass
@@ -20,20 +27,66 @@ class Prediction:
     probabilities: list[float]
 
 
-def class_names(model: CCT) -> list[str]:
-    names = list(model.config.class_names)
-    return names if len(names) == model.config.num_classes else [str(i) for i in range(model.config.num_classes)]
+class Classifier:
+    """A trained model ready to classify images.
+
+        clf = Classifier.from_pretrained("runs/seed")
+        clf.predict("cat.jpg")                      # -> Prediction
+        clf.predict(["a.png", pil_image, array])     # -> [Prediction, ...]
+
+    Inputs: file paths, PIL images, uint8 arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W)
+    (uint8, or float in [0, 1]). Every one goes through `image_to_tensor`, as training folders and files do.
+    """
+
+    def __init__(self, model: CCT, runtime: Runtime | None = None):
+        self.model = model.eval()
+        self.runtime = runtime
+        names = list(model.config.class_names)
+        self.classes = names if len(names) == model.config.num_classes else [str(i) for i in
+                                                                              range(model.config.num_classes)]
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "Classifier":
+        """From a checkpoint file or a run folder (its best checkpoint)."""
+        from .training.checkpoint import load_checkpoint
+
+        runtime = Runtime(device=device).resolve()
+        return cls(load_checkpoint(path, runtime.torch_device)[0], runtime)
+
+    def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
+        """(N, 3, size, size) uint8 and whether a single image was given."""
+        size = self.model.config.img_size
+        single = not isinstance(inputs, (list, tuple)) and not _is_batch(inputs)
+        items = [inputs] if single else list(inputs)
+        return torch.stack([_to_uint8(item, size) for item in items]), single
+
+    def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
+        images, single = self.to_batch(inputs)
+        probabilities = predict_logits(self.model, images, runtime=self.runtime).softmax(dim=1)
+        top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        predictions = [Prediction([self.classes[i] for i in idx.tolist()], p.tolist())
+                       for p, idx in zip(top.values, top.indices)]
+        return predictions[0] if single else predictions
 
 
-def predict_images(model: CCT, images: torch.Tensor, top_k: int = 5) -> list[Prediction]:
-    """uint8 images (N, 3, H, W) at the model's size -> the top-k classes of each."""
-    probabilities = predict_logits(model, images).softmax(dim=1)
-    top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-    names = class_names(model)
-    return [Prediction([names[i] for i in idx.tolist()], p.tolist()) for p, idx in zip(top.values, top.indices)]
+def _is_batch(x: ImageLike) -> bool:
+    return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 4
 
 
-def predict_files(model: CCT, paths: list[str | Path], top_k: int = 5) -> list[Prediction]:
-    """Image files of any size or mode -> the top-k classes of each (an unreadable file raises CCTError)."""
-    images = torch.stack([load_image(p, model.config.img_size) for p in paths])
-    return predict_images(model, images, top_k)
+def _to_uint8(item: ImageLike, size: int) -> torch.Tensor:
+    if isinstance(item, (str, Path)):
+        return load_image(item, size)
+    if isinstance(item, Image.Image):
+        return image_to_tensor(item, size)
+    if isinstance(item, torch.Tensor):
+        if item.ndim != 3 or item.shape[0] not in (1, 3, 4):
+            raise CCTError(f"a tensor image must be (C, H, W) with 1, 3 or 4 channels, got {tuple(item.shape)}")
+        if item.is_floating_point():
+            item = (item.clamp(0, 1) * 255).round()
+        item = item.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3):
+            raise CCTError(f"an array image must be uint8 (H, W) or (H, W, C), got {item.dtype} {item.shape}")
+        return image_to_tensor(Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[-1] == 1
+                                               else item), size)
+    raise CCTError(f"cannot read an image from {type(item).__name__}")

@@ -7,6 +7,7 @@ from PIL import Image
 
 import cct
 from cct.cli import main
+from cct.inference import Classifier
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
 from tests.helpers import write_color_dataset
 
@@ -74,7 +75,7 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
     image.convert("RGBA").resize((96, 96), Image.Resampling.NEAREST).save(tmp_path / "plane-big.png")
     assert main(["predict", str(out), str(tmp_path / "plane.png"), str(tmp_path / "plane-big.png"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    expected = cct.inference.predict_images(model, test_set.images[:1])[0]
+    expected = Classifier(model).predict(test_set.images[0])
     assert results[0]["labels"] == expected.labels
     assert results[0]["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     assert results[1]["labels"][0] == expected.labels[0]

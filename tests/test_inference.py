@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cct
+from cct.training import save_checkpoint
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    torch.manual_seed(0)
+    model = cct.create_model("cct_2_3x2_32", class_names=tuple("abcdefghij"))
+    return cct.Classifier.from_pretrained(save_checkpoint(tmp_path / "m.safetensors", model))
+
+
+def test_every_kind_of_input_gives_the_same_prediction(tmp_path, classifier):
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    expected = classifier.predict(str(tmp_path / "x.png"), top_k=3)
+    assert len(expected.labels) == 3 and expected.labels[0] in "abcdefghij"
+    assert expected.probabilities == sorted(expected.probabilities, reverse=True)
+    chw = torch.from_numpy(pixels).permute(2, 0, 1)
+    for item in (tmp_path / "x.png", Image.fromarray(pixels), pixels, chw, chw.float() / 255):
+        got = classifier.predict(item, top_k=3)
+        assert got.labels == expected.labels
+        assert got.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+    batch = classifier.predict(np.stack([pixels, pixels[::-1]]), top_k=3)
+    assert len(batch) == 2 and batch[0].labels == expected.labels
+    listed = classifier.predict([tmp_path / "x.png", chw.unsqueeze(0)[0]], top_k=3)
+    assert [p.labels for p in listed] == [expected.labels, expected.labels]
+
+
+def test_probabilities_over_all_classes_sum_to_one(classifier):
+    prediction = classifier.predict(torch.rand(3, 40, 50), top_k=10)
+    assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert sorted(prediction.labels) == list("abcdefghij")
+
+
+def test_bad_inputs_are_clear_errors(classifier):
+    with pytest.raises(cct.CCTError, match="must be uint8"):
+        classifier.predict(np.zeros((32, 32, 3), dtype=np.float64))
+    with pytest.raises(cct.CCTError, match=r"must be \(C, H, W\)"):
+        classifier.predict(torch.zeros(7, 32, 32))
+    with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
+        classifier.predict({"not": "an image"})
