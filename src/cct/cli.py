@@ -75,6 +75,15 @@ def _predict(args: argparse.Namespace) -> None:
             print(f"  {probability:7.2%}  {label}")
 
 
+def _explain(args: argparse.Namespace) -> None:
+    from .explain import explain
+    from .inference import Classifier
+
+    classifier = Classifier.from_pretrained(args.checkpoint, args.device)
+    out = explain(classifier, args.image, args.out or Path(args.image).with_suffix(".explain.png").name)
+    print(f"{args.image} -> {out}")
+
+
 def _convert_keras(args: argparse.Namespace) -> None:
     from .convert import convert_keras
     from .training import save_checkpoint
@@ -128,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
+
+    p = commands.add_parser("explain", help="draw the sequence-pooling weights of each token over an image")
+    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    p.add_argument("image")
+    p.add_argument("--out", help="PNG to write (default: <image name>.explain.png here)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_explain)
 
     p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")

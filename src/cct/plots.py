@@ -56,3 +56,19 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -> None:
+    """The image beside the same image overlaid with `heat` (token weights upsampled to the image)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.3))
+    left.imshow(image, interpolation="nearest")
+    left.set_title("input")
+    right.imshow(image, interpolation="nearest")
+    overlay = right.imshow(heat, cmap="inferno", alpha=0.6)
+    fig.colorbar(overlay, ax=right, fraction=0.046, pad=0.04, label="sequence-pooling weight")
+    right.set_title(f"pooling weights over {grid[0]}x{grid[1]} tokens")
+    for ax in (left, right):
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,35 @@
+import pytest
+import torch
+from PIL import Image
+
+import cct
+from cct.cli import main
+from cct.explain import pooling_map
+from cct.training import save_checkpoint
+from tests.helpers import write_image
+
+
+@pytest.mark.parametrize("name,grid", [("cct_keras", 8), ("cct_7_3x1_32", 16), ("cvt_7_4_32", 8)])
+def test_pooling_map_is_a_distribution_over_the_token_grid(name, grid):
+    torch.manual_seed(0)
+    classifier = cct.Classifier(cct.create_model(name))
+    seen, weights = pooling_map(classifier, torch.rand(3, 50, 40))
+    assert seen.shape == (3, 32, 32) and seen.dtype == torch.uint8
+    assert weights.shape == (grid, grid)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5) and (weights > 0).all()
+
+
+def test_class_token_models_have_nothing_to_show():
+    with pytest.raises(cct.CCTError, match="class token"):
+        pooling_map(cct.Classifier(cct.create_model("vit_lite_7_4_32")), torch.rand(3, 32, 32))
+
+
+def test_explain_writes_a_png(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors",
+                                 cct.create_model("cct_keras", class_names=tuple("abcdefghij")))
+    image = write_image(tmp_path / "photo.jpg", (120, 90))
+    out = tmp_path / "explained.png"
+    assert main(["explain", str(checkpoint), str(image), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    assert Image.open(out).size[0] >= 800
