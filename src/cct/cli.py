@@ -84,6 +84,17 @@ def _explain(args: argparse.Namespace) -> None:
     print(f"{args.image} -> {out}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+    from .training import load_checkpoint
+    from .training.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(path)
+    out = export_onnx(model, args.out or path.with_suffix(".onnx"))
+    print(f"{path} -> {out}")
+
+
 def _convert_keras(args: argparse.Namespace) -> None:
     from .convert import convert_keras
     from .training import save_checkpoint
@@ -144,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG to write (default: <image name>.explain.png here)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_explain)
+
+    p = commands.add_parser("export", help="export a checkpoint for deployment (ONNX, dynamic batch size)")
+    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="file to write (default: beside the checkpoint)")
+    p.set_defaults(func=_export)
 
     p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")

@@ -1,0 +1,29 @@
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import cct
+from cct.cli import main
+from cct.training import save_checkpoint
+
+
+@pytest.mark.parametrize("name", ["cct_keras", "cct_7_3x1_32_sine", "vit_lite_7_4_32"])
+def test_onnx_export_matches_pytorch_at_any_batch_size(tmp_path, name, capsys):
+    torch.manual_seed(0)
+    model = cct.create_model(name, class_names=tuple("abcdefghij")).eval()
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", model)
+    assert main(["export", str(checkpoint), "--format", "onnx"]) == 0
+    out = tmp_path / "m.onnx"
+    assert str(out) in capsys.readouterr().out
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert props["cct_model"] == model.config.name and props["class_names"].split("\n")[0] == "a"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 5, 64):
+        images = torch.rand(batch, 3, 32, 32)
+        (logits,) = session.run(["logits"], {"images": images.numpy()})
+        with torch.no_grad():
+            expected = model(images).numpy()
+        assert logits.shape == (batch, 10)
+        assert np.abs(logits - expected).max() <= 1e-4
