@@ -95,6 +95,14 @@ def _export(args: argparse.Namespace) -> None:
     print(f"{path} -> {out}")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from .inference import Classifier
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(max_upload_bytes=args.max_upload_mb * 2**20, max_concurrent=args.max_concurrent)
+    serve(Classifier.from_pretrained(args.checkpoint, args.device), args.host, args.port, limits)
+
+
 def _convert_keras(args: argparse.Namespace) -> None:
     from .convert import convert_keras
     from .training import save_checkpoint
@@ -161,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="file to write (default: beside the checkpoint)")
     p.set_defaults(func=_export)
+
+    p = commands.add_parser("serve", help="a JSON API and a web page for a model, on loopback")
+    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-upload-mb", type=int, default=10)
+    p.add_argument("--max-concurrent", type=int, default=4, help="predictions at once; others wait")
+    p.set_defaults(func=_serve)
 
     p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")

@@ -1,0 +1,166 @@
+"""`cct serve`: a trained model behind a JSON API and a web page, on loopback.
+
+    GET  /              the page: upload or drop an image, see the top-5 classes and the pooling heatmap
+    GET  /api/info      {"model", "classes", "limits"}
+    POST /api/predict   body: the image file's bytes -> {"predictions": [{"label", "probability"}] * 5,
+                        "attention": {"grid": [[...]], "image": "data:image/png;base64,..."} or null}
+
+Limits: upload size, image pixel count (decompression bombs), a socket timeout per request and a bounded
+number of predictions at once (others wait up to the timeout, then get 503). Bad input gets a 4xx with a
+JSON {"error": ...}; nothing a client sends stops the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+from PIL import Image
+
+from .errors import CCTError
+from .explain import pooling_map
+from .inference import Classifier
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    max_upload_bytes: int = 10 * 2**20
+    max_pixels: int = 40_000_000
+    request_timeout: float = 15.0
+    max_concurrent: int = 4
+
+
+class RequestError(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Upload bytes -> a loaded PIL image, checking the pixel count before decoding any pixel."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not an image PIL can read") from None
+    pixels = image.size[0] * image.size[1]
+    if pixels > max_pixels:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"the image has {pixels:,} pixels; the limit is {max_pixels:,}")
+    try:
+        image.load()
+    except Exception as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"the image is truncated or corrupt ({e})") from None
+    return image
+
+
+class PredictionServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], classifier: Classifier, limits: ServeLimits = ServeLimits()):
+        super().__init__(address, Handler)
+        self.classifier = classifier
+        self.limits = limits
+        self.slots = threading.BoundedSemaphore(limits.max_concurrent)
+        self.page = resources.files("cct.web").joinpath("index.html").read_bytes()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def predict(self, image: Image.Image) -> dict:
+        if not self.slots.acquire(timeout=self.limits.request_timeout):
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is busy; try again")
+        try:
+            prediction = self.classifier.predict(image, top_k=5)
+            attention = None
+            if self.classifier.model.pool is not None:
+                seen, weights = pooling_map(self.classifier, image)
+                buffer = io.BytesIO()
+                Image.fromarray(seen.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+                attention = {"grid": weights.tolist(),
+                             "image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
+        finally:
+            self.slots.release()
+        return {"predictions": [{"label": label, "probability": p}
+                                for label, p in zip(prediction.labels, prediction.probabilities)],
+                "attention": attention}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: PredictionServer
+    server_version = "cct-serve"
+
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout
+        super().setup()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        pass
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, payload: dict) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/":
+            self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+        elif self.path == "/api/info":
+            model = self.server.classifier.model
+            self._json(HTTPStatus.OK, {"model": model.config.name, "classes": self.server.classifier.classes,
+                                       "limits": asdict(self.server.limits)})
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.path}"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        try:
+            if self.path != "/api/predict":
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
+            self._json(HTTPStatus.OK, self.server.predict(decode_image(self._body(), self.server.limits.max_pixels)))
+        except RequestError as e:
+            self.close_connection = True
+            self._json(e.status, {"error": str(e)})
+        except TimeoutError:
+            self.close_connection = True
+        except CCTError as e:
+            self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(e)})
+        except Exception as e:  # a bug must cost one request, never the server
+            self.close_connection = True
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(e).__name__}"})
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the image as the request body with a Content-Length")
+        limit = self.server.limits.max_upload_bytes
+        if int(length) > limit:
+            if int(length) <= 4 * limit:  # read it away, so that the client is still listening for the answer
+                remaining = int(length)
+                while remaining > 0 and (chunk := self.rfile.read(min(1 << 16, remaining))):
+                    remaining -= len(chunk)
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"the upload is {int(length):,} bytes; the limit is {limit:,}")
+        if int(length) == 0:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is empty")
+        return self.rfile.read(int(length))
+
+
+def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000,
+          limits: ServeLimits = ServeLimits()) -> None:
+    """Serve until interrupted."""
+    with PredictionServer((host, port), classifier, limits) as server:
+        print(f"serving {classifier.model.config.name} at {server.url} (Ctrl-C to stop)", flush=True)
+        server.serve_forever()

@@ -1,0 +1,137 @@
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cct
+from cct.serve import PredictionServer, ServeLimits
+
+LIMITS = ServeLimits(max_upload_bytes=2**20, max_pixels=1_000_000, request_timeout=2.0, max_concurrent=2)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def start(model_name):
+    torch.manual_seed(0)
+    classifier = cct.Classifier(cct.create_model(model_name, class_names=CLASSES))
+    server = PredictionServer(("127.0.0.1", 0), classifier, LIMITS)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = start("cct_keras")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def request(url, data=None, method=None):
+    """(status, parsed JSON or text) over real HTTP."""
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            body, status, kind = response.read(), response.status, response.headers["Content-Type"]
+    except urllib.error.HTTPError as e:
+        body, status, kind = e.read(), e.code, e.headers["Content-Type"]
+    return status, json.loads(body) if kind == "application/json" else body.decode()
+
+
+def png_bytes(size=(48, 40), mode="RGB", seed=0):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_page_and_info(server):
+    status, page = request(server.url + "/")
+    assert status == 200 and 'id="file"' in page and "/api/predict" in page
+    status, info = request(server.url + "/api/info")
+    assert status == 200 and info["model"] == "cct_2_3x2_32_keras" and info["classes"] == list(CLASSES)
+    assert info["limits"]["max_pixels"] == 1_000_000
+
+
+def test_predict_returns_top5_and_the_pooling_grid(server):
+    data = png_bytes()
+    status, result = request(server.url + "/api/predict", data)
+    assert status == 200
+    expected = server.classifier.predict(Image.open(io.BytesIO(data)), top_k=5)
+    assert [p["label"] for p in result["predictions"]] == expected.labels
+    assert [p["probability"] for p in result["predictions"]] == pytest.approx(expected.probabilities, abs=1e-6)
+    grid = np.array(result["attention"]["grid"])
+    assert grid.shape == (8, 8) and grid.sum() == pytest.approx(1.0, abs=1e-4)
+    assert result["attention"]["image"].startswith("data:image/png;base64,")
+
+
+def test_any_mode_is_accepted(server):
+    for mode in ("L", "RGBA", "P", "CMYK"):
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(png_bytes())).convert(mode).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+        status, result = request(server.url + "/api/predict", buffer.getvalue())
+        assert status == 200 and len(result["predictions"]) == 5
+
+
+@pytest.mark.parametrize("body,status,message", [
+    (b"this is not an image", 400, "not an image"),
+    (b"", 400, "empty"),
+    (png_bytes()[:200], 400, "truncated or corrupt"),
+    (b"x" * (2**20 + 1), 413, "the limit is 1,048,576"),
+])
+def test_bad_uploads_get_a_clear_4xx(server, body, status, message):
+    got, result = request(server.url + "/api/predict", body, method="POST")
+    assert got == status and message in result["error"]
+
+
+def test_decompression_bomb_is_refused_before_decoding(server):
+    buffer = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buffer, format="PNG")  # 25M pixels in a few kB
+    assert len(buffer.getvalue()) < 100_000
+    status, result = request(server.url + "/api/predict", buffer.getvalue())
+    assert status == 413 and "25,000,000 pixels" in result["error"]
+
+
+def test_unknown_paths(server):
+    assert request(server.url + "/nope")[0] == 404
+    assert request(server.url + "/api/nope", b"x")[0] == 404
+
+
+def test_a_stalled_client_times_out_without_blocking_others(server):
+    host, port = server.server_address[:2]
+    stalled = socket.create_connection((host, port))
+    stalled.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"x" * 10)
+    started = time.monotonic()
+    assert request(server.url + "/api/predict", png_bytes())[0] == 200
+    stalled.settimeout(10)
+    assert stalled.recv(100) == b""  # the server closed it after its request timeout
+    assert time.monotonic() - started < LIMITS.request_timeout + 5
+    stalled.close()
+
+
+def test_load_on_loopback_has_no_errors(server):
+    bodies = [png_bytes(seed=i) for i in range(8)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda i: request(server.url + "/api/predict", bodies[i % 8])[0], range(160)))
+    elapsed = time.monotonic() - started
+    assert statuses == [200] * 160
+    assert elapsed < 60
+
+
+def test_class_token_models_serve_without_a_heatmap():
+    server = start("vit_lite_7_4_32")
+    try:
+        status, result = request(server.url + "/api/predict", png_bytes())
+        assert status == 200 and result["attention"] is None and len(result["predictions"]) == 5
+    finally:
+        server.shutdown()
+        server.server_close()

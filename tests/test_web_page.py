@@ -1,0 +1,58 @@
+"""The page of `cct serve` in a real headless Chromium: upload an image, read the prediction off the page."""
+
+import threading
+
+import pytest
+import torch
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+import cct
+from cct.serve import PredictionServer
+from tests.helpers import write_image
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
+    torch.manual_seed(0)
+    classifier = cct.Classifier(cct.create_model("cct_keras", class_names=tuple(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])))
+    server = PredictionServer(("127.0.0.1", 0), classifier)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        image = write_image(tmp_path / "photo.png", (64, 48))
+        expected = classifier.predict(image, top_k=5)
+        browser.get(server.url + "/")
+        WebDriverWait(browser, 20).until(lambda d: "cct_2_3x2_32_keras" in d.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == 5)
+        labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results li .label")]
+        shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results li .prob")]
+        assert labels == expected.labels
+        assert shown == [f"{100 * p:.1f}%" for p in expected.probabilities]
+        widths = [e.value_of_css_property("width") for e in browser.find_elements(By.CSS_SELECTOR, ".bar")]
+        assert float(widths[0].rstrip("px")) >= float(widths[-1].rstrip("px"))
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-drawn") == "1")
+
+        (tmp_path / "notes.png").write_text("not an image")
+        browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
+        WebDriverWait(browser, 20).until(lambda d: "not an image" in d.find_element(By.ID, "error").text)
+    finally:
+        server.shutdown()
+        server.server_close()
