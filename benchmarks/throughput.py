@@ -98,7 +98,7 @@ def keras_rates(backend: str, batch: int, steps: int) -> tuple[float, float] | N
     model = build_keras_cct()
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
-    x = np.random.rand(batch * steps, 32, 32, 3).astype("float32")
+    x = np.random.randint(0, 256, (batch * steps, 32, 32, 3)).astype("float32")
     y = np.eye(10, dtype="float32")[np.random.randint(0, 10, batch * steps)]
     model.fit(x[:batch * 3], y[:batch * 3], batch_size=batch, verbose=0)
     started = time.perf_counter()

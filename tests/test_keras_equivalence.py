@@ -20,10 +20,10 @@ def test_keras_model_and_cct_keras_agree():
     assert keras_model.count_params() == 416_331
     rng = np.random.default_rng(0)
     model = cct.create_model("cct_keras").eval()
-    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.weights]))
+    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.trainable_weights]))
 
     images = rng.random((16, 32, 32, 3)).astype("float32")
-    expected = np.asarray(keras_model(images, training=False))
+    expected = np.asarray(keras_model(images * 255, training=False))  # the Keras model rescales pixels itself
     with torch.no_grad():
         logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
     assert np.abs(expected).max() > 0.1
@@ -44,7 +44,7 @@ def test_convert_keras_files_through_the_cli(tmp_path):
     keras_model.save(tmp_path / "seed.keras")
     keras_model.save_weights(tmp_path / "seed.weights.h5")
     images = np.random.default_rng(2).random((8, 32, 32, 3)).astype("float32")
-    expected = np.asarray(keras_model(images, training=False))
+    expected = np.asarray(keras_model(images * 255, training=False))
     for name in ("seed.keras", "seed.weights.h5"):
         out = tmp_path / f"{name}.safetensors"
         assert main(["convert-keras", str(tmp_path / name), "--out", str(out)]) == 0

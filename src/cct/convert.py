@@ -14,7 +14,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def state_dict_from_keras_weights(model: CCT, weights: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    """Map the seed Keras model's weights, in `keras_model.weights` order, onto `model`'s parameters.
+    """Map the seed Keras model's weights, in `keras_model.trainable_weights` order, onto `model`'s parameters.
 
     Keras order: the tokenizer's conv kernels, the position table, then per layer LayerNorm (gamma, beta),
     MultiHeadAttention (query, key, value kernels and biases, output kernel and bias), LayerNorm, the two
@@ -67,5 +67,5 @@ def convert_keras(path: str | Path, class_names: tuple[str, ...] = CIFAR10_CLASS
     except Exception as e:  # Keras raises many types for a file that is not the seed model's weights
         raise CCTError(f"{path}: not the weights of the seed Keras CCT ({str(e).splitlines()[0]})") from e
     model = create_model("cct_keras", num_classes=len(class_names), class_names=class_names)
-    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.weights]))
+    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.trainable_weights]))
     return model.eval()

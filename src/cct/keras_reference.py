@@ -46,17 +46,32 @@ class SequencePooling(layers.Layer):
         return ops.squeeze(ops.matmul(weights, x), -2)
 
 
+class CCTTokenizer(layers.Layer):
+    def __init__(self, kernel_size=3, stride=1, padding=1, pooling_kernel_size=3, pooling_stride=2,
+                 num_output_channels=(64, 128), **kwargs):
+        super().__init__(**kwargs)
+        self.conv_model = keras.Sequential()
+        for channels in num_output_channels:
+            self.conv_model.add(layers.Conv2D(channels, kernel_size, stride, padding="valid", use_bias=False,
+                                              activation="relu", kernel_initializer="he_normal"))
+            self.conv_model.add(layers.ZeroPadding2D(padding))
+            self.conv_model.add(layers.MaxPooling2D(pooling_kernel_size, pooling_stride, "same"))
+
+    def call(self, images):
+        outputs = self.conv_model(images)
+        shape = ops.shape(outputs)
+        return ops.reshape(outputs, (-1, shape[1] * shape[2], shape[-1]))
+
+
 def build_keras_cct(image_size: int = 32, num_classes: int = 10, projection_dim: int = 128, num_heads: int = 2,
                     transformer_layers: int = 2, stochastic_depth_rate: float = 0.1) -> keras.Model:
-    """The example's create_cct_model, minus its augmentation layers (inputs are already scaled to [0, 1])."""
+    """The example's create_cct_model, layer for layer (so that its saved weights load): inputs are pixel
+    values in [0, 255], rescaled, cropped and flipped by its augmentation layers (active in training only).
+    Its MLP uses the exact GELU of the TensorFlow original (tf.nn.gelu) that trained the seed card's model."""
     inputs = layers.Input((image_size, image_size, 3))
-    x = inputs
-    for filters in (64, 128):
-        x = layers.Conv2D(filters, 3, strides=1, padding="valid", use_bias=False, activation="relu",
-                          kernel_initializer="he_normal")(x)
-        x = layers.ZeroPadding2D(1)(x)
-        x = layers.MaxPooling2D(3, 2, padding="same")(x)
-    x = layers.Reshape((-1, projection_dim))(x)
+    augmentation = keras.Sequential([layers.Rescaling(scale=1.0 / 255), layers.RandomCrop(image_size, image_size),
+                                     layers.RandomFlip("horizontal")], name="data_augmentation")
+    x = CCTTokenizer()(augmentation(inputs))
     x = x + PositionEmbedding(sequence_length=x.shape[1])(x)
     for rate in np.linspace(0, stochastic_depth_rate, transformer_layers):
         x1 = layers.LayerNormalization(epsilon=1e-5)(x)
