@@ -68,7 +68,7 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
 def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
     runtime = runtime.resolve()
     model = cct.create_model(name).eval()
-    forward = runtime.prepare(model)
+    forward = runtime.prepare(model, frozen=True)
     size = model.config.img_size
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
 

@@ -82,7 +82,7 @@ def test_any_mode_is_accepted(server):
 
 
 @pytest.mark.parametrize("body,status,message", [
-    (b"this is not an image", 400, "not an image"),
+    (b"this is not an image", 400, "the upload: not a readable image"),
     (b"", 400, "empty"),
     (png_bytes()[:200], 400, "truncated or corrupt"),
     (b"x" * (2**20 + 1), 413, "the limit is 1,048,576"),

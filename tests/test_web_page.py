@@ -52,7 +52,7 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
 
         (tmp_path / "notes.png").write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
-        WebDriverWait(browser, 20).until(lambda d: "not an image" in d.find_element(By.ID, "error").text)
+        WebDriverWait(browser, 20).until(lambda d: "not a readable image" in d.find_element(By.ID, "error").text)
     finally:
         server.shutdown()
         server.server_close()

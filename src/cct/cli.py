@@ -61,18 +61,30 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"confusion matrix: {out}")
 
 
-def _predict(args: argparse.Namespace) -> None:
+def _predict(args: argparse.Namespace) -> int:
+    """Predicts every readable image; each unreadable one gets its own error line and a non-zero exit."""
+    from .data import load_image
     from .inference import Classifier
 
-    predictions = Classifier.from_pretrained(args.checkpoint, args.device).predict(args.images, args.top_k)
+    classifier = Classifier.from_pretrained(args.checkpoint, args.device)
+    readable, failures = {}, []
+    for path in args.images:
+        try:
+            readable[path] = load_image(path, classifier.model.config.img_size)
+        except CCTError as e:
+            failures.append(str(e))
+    predictions = dict(zip(readable, classifier.predict(list(readable.values()), args.top_k))) if readable else {}
     if args.json:
-        print(json.dumps([{"image": str(path), "labels": p.labels, "probabilities": p.probabilities}
-                          for path, p in zip(args.images, predictions)], indent=2))
-        return
-    for path, prediction in zip(args.images, predictions):
-        print(path)
-        for label, probability in zip(prediction.labels, prediction.probabilities):
-            print(f"  {probability:7.2%}  {label}")
+        print(json.dumps([{"image": path, "labels": p.labels, "probabilities": p.probabilities}
+                          for path, p in predictions.items()], indent=2))
+    else:
+        for path, prediction in predictions.items():
+            print(path)
+            for label, probability in zip(prediction.labels, prediction.probabilities):
+                print(f"  {probability:7.2%}  {label}")
+    for failure in failures:
+        print(f"cct: error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -189,11 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except CCTError as e:
         print(f"cct: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cct: interrupted", file=sys.stderr)
         return 130
-    return 0

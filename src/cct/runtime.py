@@ -49,10 +49,13 @@ class Runtime:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.torch_device.type, dtype=dtype)
 
-    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move `model` to the device and memory format; returns the module to call (compiled if asked)."""
+    def prepare(self, model: torch.nn.Module, frozen: bool = False) -> torch.nn.Module:
+        """Move `model` to the device and memory format; returns the module to call (compiled if asked).
+        `frozen`: the weights will not change (inference only), so compilation may fold them in."""
         model.to(self.torch_device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return torch.compile(model) if self.compile else model
+        if not self.compile:
+            return model
+        return torch.compile(model, options={"freezing": True} if frozen else None)
 
 
 def resolve_device(name: str) -> torch.device:

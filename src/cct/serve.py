@@ -23,6 +23,7 @@ from importlib import resources
 
 from PIL import Image
 
+from .data.images import ImageTooLarge, open_image
 from .errors import CCTError
 from .explain import pooling_map
 from .inference import Classifier
@@ -43,20 +44,13 @@ class RequestError(Exception):
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Upload bytes -> a loaded PIL image, checking the pixel count before decoding any pixel."""
+    """Upload bytes -> a decoded PIL image (the pixel count checked before decoding)."""
     try:
-        image = Image.open(io.BytesIO(data))
-    except Exception:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "the upload is not an image PIL can read") from None
-    pixels = image.size[0] * image.size[1]
-    if pixels > max_pixels:
-        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                           f"the image has {pixels:,} pixels; the limit is {max_pixels:,}")
-    try:
-        image.load()
-    except Exception as e:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"the image is truncated or corrupt ({e})") from None
-    return image
+        return open_image(io.BytesIO(data), "the upload", max_pixels)
+    except ImageTooLarge as e:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
+    except CCTError as e:
+        raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
 
 
 class PredictionServer(ThreadingHTTPServer):

@@ -138,12 +138,18 @@ def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
-    images, labels = [], []
+    images, labels, failures = [], [], []
     for index, cls in enumerate(classes):
         for path in sorted((root / cls).iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(load_image(path, img_size))
-                labels.append(index)
+                try:
+                    images.append(load_image(path, img_size))
+                    labels.append(index)
+                except CCTError as e:
+                    failures.append(str(e))
+    if failures:
+        shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
+        raise CCTError(f"{root}: {len(failures)} unreadable image(s), fix or remove them: {shown}")
     if not images:
         raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders")
     return ImageTensors(torch.stack(images), torch.tensor(labels), classes)

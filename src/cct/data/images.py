@@ -3,7 +3,9 @@ evaluation and prediction."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -12,12 +14,44 @@ from PIL import Image, ImageOps
 from ..errors import CCTError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
+
+
+class ImageTooLarge(CCTError):
+    """An image with more pixels than allowed."""
+
+
+def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and decode an image file (a path or a binary file object), checking its pixel count from the
+    header before any pixel is decoded. Every failure is a CCTError starting with `name` (default: the path)."""
+    name = name or str(source)
+    try:
+        image = Image.open(source)
+    except FileNotFoundError:
+        raise CCTError(f"{name}: no such file") from None
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise CCTError(f"{name}: not a readable image ({type(e).__name__})") from None
+    pixels = image.size[0] * image.size[1]
+    if pixels > max_pixels:
+        image.close()
+        raise ImageTooLarge(f"{name}: the image has {pixels:,} pixels; the limit is {max_pixels:,}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel count is checked above
+            image.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        image.close()
+        raise CCTError(f"{name}: the image is truncated or corrupt ({e})") from None
+    return image
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Any PIL image -> (3, size, size) uint8: EXIF rotation applied, converted to RGB, the shorter side
-    resized to `size` and the centre cropped (a CIFAR image passes through unchanged)."""
+    """Any PIL image -> (3, size, size) uint8: EXIF rotation applied, the first frame of an animation,
+    16-bit values scaled to 8 bits, converted to RGB, the shorter side resized to `size` and the centre
+    cropped (a CIFAR image passes through unchanged)."""
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L"):
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != (size, size):
@@ -27,11 +61,5 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An image file -> (3, size, size) uint8; a file that is not a readable image is a CCTError naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image_to_tensor(image, size)
-    except FileNotFoundError:
-        raise CCTError(f"{path}: no such file") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise CCTError(f"{path}: not a readable image ({e})") from e
+    with open_image(path) as image:
+        return image_to_tensor(image, size)

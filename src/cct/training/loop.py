@@ -132,6 +132,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 19 or step == steps_per_epoch - 1:
                 seen = min((step + 1) * recipe.batch_size, len(train_set))
+                if not math.isfinite(loss_sum.item()):
+                    raise CCTError(f"the loss became {loss_sum.item()} in epoch {epoch} (step {step + 1}); stopped, "
+                                   f"keeping the checkpoints of epoch {epoch - 1} in {out} (try a lower --lr)")
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
         bar.close()
 
