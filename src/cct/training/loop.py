@@ -132,13 +132,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 19 or step == steps_per_epoch - 1:
                 seen = min((step + 1) * recipe.batch_size, len(train_set))
-                if not math.isfinite(loss_sum.item()):
-                    raise CCTError(f"the loss became {loss_sum.item()} in epoch {epoch} (step {step + 1}); stopped, "
-                                   f"keeping the checkpoints of epoch {epoch - 1} in {out} (try a lower --lr)")
+                _stop_unless_finite(loss_sum.item(), f"epoch {epoch} (step {step + 1})", out)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
         bar.close()
 
         val = evaluate(model, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
+        _stop_unless_finite(val.loss, f"the validation of epoch {epoch}", out)
         row = {"epoch": epoch, "train_loss": loss_sum.item() / len(train_set),
                "train_acc": correct.item() / len(train_set), "val_loss": val.loss, "val_acc": val.top1,
                "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
@@ -166,6 +165,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
           f"top-5 {result.top5:.2%} on {len(test):,} images")
     return out, result
+
+
+def _stop_unless_finite(loss: float, where: str, out: Path) -> None:
+    if not math.isfinite(loss):
+        raise CCTError(f"the loss became {loss} in {where}; stopped, keeping the last good checkpoints in {out} "
+                       "(try a lower --lr)")
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
