@@ -26,13 +26,16 @@ def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime
     from .training import RunConfig, get_recipe, train
 
+    if args.resume:
+        train(RunConfig.from_run(args.resume), resume=True)
+        return
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test}
     recipe = replace(get_recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
-                    runtime=runtime))
+                    runtime=runtime, checkpoint_every=args.checkpoint_every))
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -151,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-train", type=int, help="train on the first N training images only")
     p.add_argument("--limit-test", type=int, help="test on a fixed random N of the test images")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="also save the training state every K steps (it is always saved at epoch ends)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state "
+                   "(its own config; other options are ignored)")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="top-1, top-5, per-class accuracy and a confusion matrix")

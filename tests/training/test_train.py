@@ -25,7 +25,7 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert result.top1 >= 0.9  # red vs blue: a trained model separates them
     assert sorted(p.name for p in out.iterdir()) == [
         "best.json", "best.safetensors", "config.json", "last.json", "last.safetensors", "metrics.csv",
-        "test.json", "training-curves.png"]
+        "state.safetensors", "test.json", "training-curves.png"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["recipe"] == run.recipe.to_dict() | {"betas": list(run.recipe.betas)}
     assert saved["model_config"]["class_names"] == ["blue", "red"]

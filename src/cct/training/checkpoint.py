@@ -24,18 +24,40 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name]
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], header: dict) -> dict:
+    """Atomically write `tensors` as safetensors, with `header` (JSON values) and their checksum inside;
+    returns the header written."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {**header, "sha256": tensors_sha256(tensors)}
+    atomic_write(path, save_safetensors(tensors, metadata={k: json.dumps(v) for k, v in header.items()}))
+    return header
+
+
+def read_tensors(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, header) of a file written by `write_tensors`, checking its format `kind` and its checksum."""
+    try:
+        with safe_open(path, "pt") as f:
+            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CCTError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from e
+    if header.get("format") != kind:
+        raise CCTError(f"{path}: not a {kind} file")
+    if tensors_sha256(tensors) != header.get("sha256"):
+        raise CCTError(f"{path}: checksum mismatch, the weights were altered or damaged")
+    return tensors, header
 
 
 def save_checkpoint(path: str | Path, model: CCT, info: dict | None = None) -> Path:
     """Write `path` (.safetensors) and its JSON copy (.json). `info`: anything JSON-serialisable to keep with it
     (epoch, metrics, dataset...)."""
     path = Path(path).with_suffix(".safetensors")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    header = {"format": FORMAT, "model": model.config.to_dict(), "sha256": tensors_sha256(tensors),
-              "info": info or {}}
-    atomic_write(path, save_safetensors(tensors, metadata={k: json.dumps(v) for k, v in header.items()}))
+    header = write_tensors(path, model.state_dict(), {"format": FORMAT, "model": model.config.to_dict(),
+                                                      "info": info or {}})
     atomic_write(path.with_suffix(".json"), json.dumps(header, indent=2) + "\n")
     return path
 
@@ -56,16 +78,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Rebuild the model saved at `path`; returns (model in eval mode, header with "model" and "info").
     A truncated, altered or mismatched file is a CCTError naming it."""
     path = resolve_checkpoint(path)
-    try:
-        with safe_open(path, "pt") as f:
-            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, ValueError, OSError) as e:
-        raise CCTError(f"{path}: not a readable checkpoint (truncated or corrupt: {e})") from e
-    if header.get("format") != FORMAT or "model" not in header:
-        raise CCTError(f"{path}: not a cct checkpoint (no model config in its metadata)")
-    if tensors_sha256(tensors) != header.get("sha256"):
-        raise CCTError(f"{path}: checksum mismatch, the weights were altered or damaged")
+    tensors, header = read_tensors(path, FORMAT)
     try:
         model = CCT(CCTConfig.from_dict(header["model"]))
         model.load_state_dict(tensors)

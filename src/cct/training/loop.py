@@ -26,6 +26,7 @@ from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
 from .recipes import Recipe
+from .state import load_state, save_state
 
 CSV_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds"]
 
@@ -40,10 +41,23 @@ class RunConfig:
     data_dir: str = "data"
     out: str | None = None
     runtime: Runtime = field(default_factory=Runtime)
+    checkpoint_every: int = 0
     model_config: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_run(cls, folder: str | Path) -> "RunConfig":
+        """The config saved in a run folder, to resume that run."""
+        path = Path(folder) / "config.json"
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{**data, "recipe": Recipe.from_dict(data["recipe"]), "runtime": Runtime(**data["runtime"])})
+        except FileNotFoundError:
+            raise CCTError(f"{path}: no such file (not a run folder)") from None
+        except (ValueError, TypeError, KeyError) as e:
+            raise CCTError(f"{path}: not a run config ({e})") from e
 
 
 def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
@@ -63,9 +77,12 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
     return factor
 
 
-def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None) -> tuple[Path, Metrics]:
+def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
+          resume: bool = False) -> tuple[Path, Metrics]:
     """Train as `run` says; returns the run folder and the test metrics of the best epoch.
-    `on_epoch_end(epoch, model)` is called after each epoch's checkpoint (benchmarks use it)."""
+    `resume`: continue from the run folder's state.safetensors (written at epoch ends and, with
+    `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
+    checkpoint (benchmarks use it)."""
     recipe = run.recipe
     model_config(run.model)  # an unknown name fails before any data is read
     runtime = run.runtime = run.runtime.resolve()
@@ -106,16 +123,32 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
           f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision}")
 
-    rows: list[dict] = []
-    best_acc = -1.0
-    for epoch in range(1, recipe.epochs + 1):
+    state_path = out / "state.safetensors"
+    progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
+    order = None
+    if resume:
+        if not state_path.is_file():
+            raise CCTError(f"{state_path}: no training state to resume from")
+        progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator)
+        print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
+    rows, best_acc = progress["rows"], progress["best_acc"]
+
+    def save_progress(epoch: int, step: int, seconds: float) -> None:
+        save_state(state_path, model, optimizer, schedule, scaler, generator, order,
+                   {"epoch": epoch, "step": step, "loss_sum": loss_sum.item(), "correct": correct.item(),
+                    "seconds": seconds, "rows": rows, "best_acc": best_acc})
+
+    for epoch in range(progress["epoch"], recipe.epochs + 1):
         model.train()
-        started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False, dynamic_ncols=True,
-                   disable=None)  # a live bar on a terminal, none in a log file
+        first_step = progress["step"] if epoch == progress["epoch"] else 0
+        started = time.perf_counter() - (progress["seconds"] if first_step else 0.0)
+        if not first_step:
+            order = torch.randperm(len(train_set), generator=generator).to(device)
+        # summed on the device: no sync per step
+        loss_sum = torch.tensor(progress["loss_sum"] if first_step else 0.0, device=device)
+        correct = torch.tensor(progress["correct"] if first_step else 0, device=device)
+        bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
+                   dynamic_ncols=True, disable=None)  # a live bar on a terminal, none in a log file
         for step in bar:
             index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
             x = augment(to_model_input(train_set.images[index], device))
@@ -134,6 +167,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                 seen = min((step + 1) * recipe.batch_size, len(train_set))
                 _stop_unless_finite(loss_sum.item(), f"epoch {epoch} (step {step + 1})", out)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+            if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                save_progress(epoch, step + 1, time.perf_counter() - started)
         bar.close()
 
         val = evaluate(model, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
@@ -152,6 +187,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         if val.top1 > best_acc:
             best_acc = val.top1
             save_checkpoint(out / "best.safetensors", model, info)
+        save_progress(epoch + 1, 0, 0.0)
         if on_epoch_end:
             on_epoch_end(epoch, model)
 

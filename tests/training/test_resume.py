@@ -1,0 +1,70 @@
+"""Kill a training run mid-epoch with SIGKILL, resume it, and get the very weights of a run never stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors import safe_open
+
+from cct.cli import main
+from cct.training import load_checkpoint
+from tests.helpers import write_color_dataset
+
+TRAIN = """
+import sys
+from dataclasses import replace
+from cct.training import RECIPES, RunConfig, train
+recipe = replace(RECIPES["keras-example"], epochs=3, batch_size=8, val_size=8, lr=3e-3)
+train(RunConfig(model="cct_7_3x1_32", dataset=sys.argv[1], recipe=recipe, out=sys.argv[2], checkpoint_every=2))
+"""
+
+
+def _progress(state):
+    try:
+        with safe_open(state, "pt") as f:
+            return json.loads(f.metadata()["progress"])
+    except Exception:  # not written yet
+        return None
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=64)  # 120 training images: 15 steps an epoch
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([sys.executable, "-c", TRAIN, str(data), str(tmp_path / "whole")], check=True, env=env,
+                   capture_output=True)
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", TRAIN, str(data), str(run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        progress = _progress(run / "state.safetensors")
+        if progress and progress["epoch"] == 2 and progress["step"] >= 4:
+            break
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run / "test.json").exists()
+    killed_at = _progress(run / "state.safetensors")
+    assert killed_at["epoch"] == 2 and 0 < killed_at["step"] < 15
+
+    assert main(["train", "--resume", str(run)]) == 0
+    resumed, _ = load_checkpoint(run / "last.safetensors")
+    whole, _ = load_checkpoint(tmp_path / "whole" / "last.safetensors")
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert json.loads((run / "test.json").read_text())["test_top1"] == \
+        json.loads((tmp_path / "whole" / "test.json").read_text())["test_top1"]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert "config.json: no such file (not a run folder)" in capsys.readouterr().err
