@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,16 +27,31 @@ def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime
     from .training import RunConfig, get_recipe, train
 
+    if args.nproc > 1:  # the same command under torchrun, one process per rank
+        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                f"--nproc_per_node={args.nproc}", "-m", "cct", *_without_nproc(args.argv)])
     if args.resume:
         train(RunConfig.from_run(args.resume), resume=True)
         return
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                 "limit_train": args.limit_train, "limit_test": args.limit_test}
+                 "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
     recipe = replace(get_recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
-                    runtime=runtime, checkpoint_every=args.checkpoint_every))
+                    runtime=runtime, checkpoint_every=args.checkpoint_every, model_args=dict(args.model_arg)))
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--nproc":
+            skip_next = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -127,6 +143,16 @@ def _convert_keras(args: argparse.Namespace) -> None:
     print(f"{args.weights} -> {out}")
 
 
+def _model_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cct", description="Compact Convolutional Transformers")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-train", type=int, help="train on the first N training images only")
     p.add_argument("--limit-test", type=int, help="test on a fixed random N of the test images")
+    p.add_argument("--val-size", type=int, help="the last N training images validate")
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the model config, e.g. --model-arg positional_embedding=sine")
+    p.add_argument("--nproc", type=int, default=1, help="train in N processes (torchrun on this machine)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="also save the training state every K steps (it is always saved at epoch ends)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state "
@@ -206,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args) or 0
     except CCTError as e:

@@ -33,7 +33,8 @@ class Runtime:
         precision = self.precision if self.precision != "auto" else ("bf16" if bf16_native(device) else "fp32")
         if precision == "fp16" and device.type != "cuda":
             raise CCTError("precision fp16 needs a CUDA device; use bf16 or fp32 here")
-        threads = self.threads or len(os.sched_getaffinity(0))
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+        threads = self.threads or max(1, len(os.sched_getaffinity(0)) // local_processes)
         if device.type == "cpu":
             torch.set_num_threads(threads)
         return Runtime(str(device), precision, self.channels_last, self.compile, self.fused_optimizer, threads)

@@ -7,7 +7,7 @@ cvt_{layers}_{patch}_{resolution}; a `_sine` suffix swaps the learnable position
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -58,6 +58,10 @@ def model_config(name: str, **overrides) -> CCTConfig:
         close = [n for n in list_models() if name.split("_")[0] in n][:5]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise CCTError(f"unknown model '{name}' (see `cct models`){hint}")
+    known = {f.name for f in fields(CCTConfig)}
+    for key in overrides:
+        if key not in known:
+            raise CCTError(f"unknown model config field '{key}' (fields: {', '.join(sorted(known))})")
     return replace(_MODELS[canonical], **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -25,6 +25,7 @@ from ..models import CCT, count_parameters, create_model, model_config
 from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Ranks
 from .recipes import Recipe
 from .state import load_state, save_state
 
@@ -42,6 +43,7 @@ class RunConfig:
     out: str | None = None
     runtime: Runtime = field(default_factory=Runtime)
     checkpoint_every: int = 0
+    model_args: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -78,17 +80,22 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
 
 
 def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
-          resume: bool = False) -> tuple[Path, Metrics]:
-    """Train as `run` says; returns the run folder and the test metrics of the best epoch.
+          resume: bool = False) -> tuple[Path, Metrics | None]:
+    """Train as `run` says; returns the run folder and the test metrics of the best epoch (None on the ranks
+    other than 0 of a multi-process run, see `distributed.py`).
     `resume`: continue from the run folder's state.safetensors (written at epoch ends and, with
     `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
     checkpoint (benchmarks use it)."""
     recipe = run.recipe
     model_config(run.model)  # an unknown name fails before any data is read
     runtime = run.runtime = run.runtime.resolve()
+    ranks = Ranks.from_env(runtime.torch_device.type)
+    if ranks.world > 1 and runtime.torch_device.type == "cuda":
+        runtime.device = f"cuda:{ranks.local_rank}"
+        torch.cuda.set_device(runtime.torch_device)
     device = runtime.torch_device
     torch.manual_seed(recipe.seed)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    generator = torch.Generator().manual_seed(recipe.seed)  # the same sample order on every rank
 
     # data: the last `val_size` training images validate; all of it stays in memory as uint8
     train_all, test = load_dataset(run.dataset, run.data_dir)
@@ -104,9 +111,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     img_size = train_all.images.shape[-1]
 
     model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
-                         class_names=tuple(train_all.classes))
+                         class_names=tuple(train_all.classes), **run.model_args)
     run.model_config = model.config.to_dict()
-    forward = runtime.prepare(model)
+    torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
+    forward = ranks.wrap(runtime.prepare(model), device)
     augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                   weight_decay=recipe.weight_decay, fused=runtime.fused_optimizer or None)
@@ -117,11 +125,13 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
                                        f"{datetime.now():%Y%m%d-%H%M%S}")
     run.out = str(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "config.json", run.to_json() + "\n")
-    print(f"run folder: {out}\n{run.to_json()}")
-    print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
-          f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision}")
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "config.json", run.to_json() + "\n")
+        print(f"run folder: {out}\n{run.to_json()}")
+        print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
+              f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
+              f"{ranks.world} process(es)")
 
     state_path = out / "state.safetensors"
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
@@ -130,7 +140,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         if not state_path.is_file():
             raise CCTError(f"{state_path}: no training state to resume from")
         progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator)
-        print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
+        if ranks.main:
+            print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
     rows, best_acc = progress["rows"], progress["best_acc"]
 
     def save_progress(epoch: int, step: int, seconds: float) -> None:
@@ -148,9 +159,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         loss_sum = torch.tensor(progress["loss_sum"] if first_step else 0.0, device=device)
         correct = torch.tensor(progress["correct"] if first_step else 0, device=device)
         bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
-                   dynamic_ncols=True, disable=None)  # a live bar on a terminal, none in a log file
+                   dynamic_ncols=True, disable=None if ranks.main else True)  # none in a log file
         for step in bar:
-            index = order[step * recipe.batch_size:(step + 1) * recipe.batch_size]
+            index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
             x = augment(to_model_input(train_set.images[index], device))
             y = train_set.labels[index]
             with runtime.autocast():
@@ -164,12 +175,19 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 19 or step == steps_per_epoch - 1:
-                seen = min((step + 1) * recipe.batch_size, len(train_set))
+                seen = len(ranks.shard(order[:min((step + 1) * recipe.batch_size, len(train_set))]))
                 _stop_unless_finite(loss_sum.item(), f"epoch {epoch} (step {step + 1})", out)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-            if run.checkpoint_every and (step + 1) % run.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+            if (ranks.main and run.checkpoint_every and (step + 1) % run.checkpoint_every == 0
+                    and step + 1 < steps_per_epoch):
                 save_progress(epoch, step + 1, time.perf_counter() - started)
         bar.close()
+        loss_sum, correct = ranks.sum(loss_sum), ranks.sum(correct)
+        if not ranks.main:  # rank 0 validates and writes; the others wait for it
+            ranks.barrier()
+            if on_epoch_end:
+                on_epoch_end(epoch, model)
+            continue
 
         val = evaluate(model, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
         _stop_unless_finite(val.loss, f"the validation of epoch {epoch}", out)
@@ -188,9 +206,13 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             best_acc = val.top1
             save_checkpoint(out / "best.safetensors", model, info)
         save_progress(epoch + 1, 0, 0.0)
+        ranks.barrier()
         if on_epoch_end:
             on_epoch_end(epoch, model)
 
+    if not ranks.main:
+        ranks.close()
+        return out, None
     plot_training_curves(rows, out / "training-curves.png")
     model, header = load_checkpoint(out / "best.safetensors", device)
     result = evaluate(model, test, recipe.eval_batch_size, runtime, recipe.tta_flip)
@@ -200,6 +222,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     atomic_write(out / "test.json", json.dumps(summary, indent=2) + "\n")
     print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
           f"top-5 {result.top5:.2%} on {len(test):,} images")
+    ranks.close()
     return out, result
 
 

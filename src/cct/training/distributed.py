@@ -1,0 +1,56 @@
+"""Data-parallel training with PyTorch's own engine: `torchrun --nproc_per_node N -m cct train ...` starts N
+processes; each trains on its shard of every global batch, DistributedDataParallel averages the gradients
+(NCCL on GPUs, gloo on CPUs), and rank 0 alone validates and writes files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device_type: str) -> "Ranks":
+        """This process's place in a torchrun launch (joining the process group), or a single process."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a global batch."""
+        return index[self.rank::self.world]
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of `value` over all ranks."""
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
