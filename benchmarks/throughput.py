@@ -30,15 +30,18 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
     return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
 
 
-def _timed(fn, warmup: int, steps: int) -> float:
+def _timed(fn, warmup: int, steps: int, budget_s: float = 30.0) -> tuple[int, float]:
+    """(steps run, seconds): `steps` steps after `warmup`, or fewer (at least 3) once `budget_s` is spent."""
     for _ in range(warmup):
         fn()
     started = time.perf_counter()
-    for _ in range(steps):
+    done = 0
+    while done < steps and (done < 3 or time.perf_counter() - started < budget_s):
         fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - started
+        done += 1
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return done, time.perf_counter() - started
 
 
 def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
@@ -62,7 +65,8 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return batch * steps / _timed(step, 3, steps)
+    done, seconds = _timed(step, 3, steps)
+    return batch * done / seconds
 
 
 def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
@@ -80,7 +84,8 @@ def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float
         with runtime.autocast():
             forward(x)
 
-    return batch * steps / _timed(step, 3, steps)
+    done, seconds = _timed(step, 3, steps)
+    return batch * done / seconds
 
 
 def keras_rates(backend: str, batch: int, steps: int) -> tuple[float, float] | None:
