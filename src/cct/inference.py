@@ -46,11 +46,12 @@ class Classifier:
                                                                               range(model.config.num_classes)]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "Classifier":
-        """From a checkpoint file or a run folder (its best checkpoint)."""
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":
+        """From a checkpoint file or a run folder (its best checkpoint). fp32 by default, so that the same image
+        gets the same probabilities everywhere; "auto" or "bf16" trade that for speed."""
         from .training.checkpoint import load_checkpoint
 
-        runtime = Runtime(device=device).resolve()
+        runtime = Runtime(device=device, precision=precision).resolve()
         return cls(load_checkpoint(path, runtime.torch_device)[0], runtime)
 
     def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
