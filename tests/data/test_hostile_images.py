@@ -2,6 +2,7 @@
 error naming the file, and nothing hangs or crashes (predict, evaluate and the folder dataset)."""
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_predict_answers_every_good_file_and_names_each_bad_one(tmp_path, capsys
     assert main(["predict", str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "empty.png"),
                  str(tmp_path / "bomb.png"), "--json"]) == 1
     captured = capsys.readouterr()
-    assert [r["image"] for r in __import__("json").loads(captured.out)] == [str(tmp_path / "good.png")]
+    assert [r["image"] for r in json.loads(captured.out)] == [str(tmp_path / "good.png")]
     errors = captured.err.strip().splitlines()
     assert len(errors) == 2 and "empty.png: not a readable image" in errors[0] and "bomb.png" in errors[1]
 

@@ -67,7 +67,7 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert (rank0["head.weight"] - initial["head.weight"]).abs().max() > 1e-3  # the weights did train
 
 
-def test_cct_train_nproc_runs_torchrun(tmp_path, capsys, monkeypatch):
+def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     monkeypatch.setenv("PYTHONPATH", os.getcwd())
     code = main(["train", "--nproc", "2", "--model", "cct_2_3x2_32", "--dataset", str(data), "--epochs", "1",

@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,8 +14,6 @@ from tests.helpers import write_color_dataset
 
 
 def _tiny_recipe(**overrides):
-    from dataclasses import replace
-
     return replace(RECIPES["keras-example"], **{"epochs": 2, "batch_size": 8, "val_size": 8, **overrides})
 
 
