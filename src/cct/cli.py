@@ -6,7 +6,6 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import CCTError
@@ -35,11 +34,21 @@ def _train(args: argparse.Namespace) -> None:
         return
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
-    recipe = replace(get_recipe(args.recipe), **{k: v for k, v in overrides.items() if v is not None})
+    recipe = get_recipe(args.recipe).with_overrides(
+        {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.recipe_arg)})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
                     runtime=runtime, checkpoint_every=args.checkpoint_every, model_args=dict(args.model_arg)))
+
+
+def _recipes(args: argparse.Namespace) -> None:
+    from .training import RECIPES
+
+    for recipe in RECIPES.values():
+        print(f"{recipe.name}:")
+        for key, value in recipe.to_dict().items():
+            print(f"  {key:<20} {value}")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -161,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'cct_7*'")
     p.set_defaults(func=_models)
 
+    p = commands.add_parser("recipes", help="list the named training recipes with every field")
+    p.set_defaults(func=_recipes)
+
     p = commands.add_parser("train", help="train a model with a named recipe")
     p.add_argument("--model", default="cct_keras")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, or a folder with train/ and test/")
@@ -183,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, help="the last N training images validate")
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the model config, e.g. --model-arg positional_embedding=sine")
+    p.add_argument("--recipe-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the recipe (see `cct recipes`), e.g. --recipe-arg ema_decay=0.999")
     p.add_argument("--nproc", type=int, default=1, help="train in N processes (torchrun on this machine)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="also save the training state every K steps (it is always saved at epoch ends)")

@@ -1,17 +1,121 @@
-"""Batched augmentation with kornia: float images (B, C, H, W) in [0, 1], parameters drawn per image."""
+"""Batched augmentation with kornia on float images (B, C, H, W) in [0, 1], every random choice drawn per image.
+
+kornia's AutoAugment draws one sub-policy per batch and its RandAugment one set of operations per batch;
+`PerImagePolicy` and `PerImageRandAugment` draw per image instead, as the papers (and timm) do, by running each
+group of images that drew the same operations through them together."""
 
 from __future__ import annotations
 
 import kornia.augmentation as K
+import torch
+from kornia.augmentation.auto import AutoAugment, RandAugment
 from torch import nn
 
 
-def build_augmentation(img_size: int, crop_padding: int, hflip: bool) -> nn.Module:
-    """Random crop of `img_size` after zero padding by `crop_padding` (0: none), then a random horizontal
-    flip. (B, C, H, W) -> (B, C, img_size, img_size); an identity when nothing is asked for."""
+class PerImagePolicy(nn.Module):
+    """AutoAugment (CIFAR-10 policy by default) with one of its sub-policies drawn for each image.
+    (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, policy: str = "cifar10"):
+        super().__init__()
+        self.subpolicies = nn.ModuleList(AutoAugment(policy).children())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        drawn = torch.randint(len(self.subpolicies), (len(images),))
+        out = images.clone()
+        for k in drawn.unique().tolist():
+            group = (drawn == k).nonzero().squeeze(1).to(images.device)
+            out[group] = self.subpolicies[k](images[group])
+        return out
+
+
+class PerImageRandAugment(nn.Module):
+    """RandAugment: `num_ops` rounds, each applying one operation drawn per image, at magnitude `magnitude`
+    (of 30) plus Gaussian noise of std `magnitude_std` drawn per image and clipped to [0, 30] (timm's
+    "rand-m9-mstd0.5" is magnitude 9, std 0.5). Operations and their magnitude ranges are kornia's.
+    (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0):
+        super().__init__()
+        self.ops = nn.ModuleList(subpolicy[0] for subpolicy in RandAugment(1, 1).children())
+        self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = images
+        for _ in range(self.num_ops):
+            drawn = torch.randint(len(self.ops), (len(images),))
+            level = (self.magnitude + self.magnitude_std * torch.randn(len(images))).clamp(0, 30) / 30
+            out = out.clone()
+            for k in drawn.unique().tolist():
+                rows = (drawn == k).nonzero().squeeze(1)
+                group = out[rows.to(images.device)]
+                out[rows.to(images.device)] = self._apply(self.ops[k], group, level[rows])
+        return out
+
+    @staticmethod
+    def _apply(op: nn.Module, images: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """One kornia operation with a magnitude per image, mapped onto its range as kornia's RandAugment
+        maps its single magnitude."""
+        magnitude = None
+        if op.magnitude_range is not None:
+            low, high = (float(v) for v in op.magnitude_range)
+            magnitude = (1 - level if op._factor_name == "bits_factor" else level) * (high - low) + low
+            if op._factor_name in ("translate_x", "translate_y"):  # fractions of the size, in pixels
+                magnitude = magnitude * images.shape[-1 if op._factor_name == "translate_x" else -2]
+        return op(images, params=op.forward_parameters(images.shape, mag=magnitude))
+
+
+def build_augmentation(img_size: int, crop_padding: int = 0, hflip: bool = False,
+                       resized_crop_scale: tuple[float, float] | None = None, auto_augment: bool = False,
+                       rand_augment: tuple[int, float, float] | None = None,
+                       random_erasing: float = 0.0) -> nn.Module:
+    """The image part of a recipe, in timm's order: a random crop of `img_size` after zero padding by
+    `crop_padding` (0: none) or a RandomResizedCrop of area `resized_crop_scale`, a horizontal flip, AutoAugment
+    (CIFAR-10 policy) or RandAugment (num_ops, magnitude, magnitude_std), then random erasing with probability
+    `random_erasing`. (B, C, H, W) -> (B, C, img_size, img_size); an identity when nothing is asked for."""
     ops: list[nn.Module] = []
-    if crop_padding:
+    if resized_crop_scale:
+        ops.append(K.RandomResizedCrop((img_size, img_size), scale=tuple(resized_crop_scale)))
+    elif crop_padding:
         ops.append(K.RandomCrop((img_size, img_size), padding=crop_padding))
     if hflip:
         ops.append(K.RandomHorizontalFlip())
+    if auto_augment:
+        ops.append(PerImagePolicy("cifar10"))
+    if rand_augment:
+        ops.append(PerImageRandAugment(*rand_augment))
+    if random_erasing:
+        ops.append(K.RandomErasing(p=random_erasing))
     return nn.Sequential(*ops)
+
+
+class MixUpCutMix(nn.Module):
+    """MixUp (lambda ~ Beta(mixup_alpha, mixup_alpha) per image) and CutMix (box area ~ Beta(cutmix_alpha,
+    cutmix_alpha) per image), each image mixed with a partner from a random pairing of the batch. With both
+    on, each batch is CutMix with probability `switch_prob`, else MixUp (timm's batch mode).
+    (images (B, C, H, W), labels (B,)) -> (mixed images, soft targets (B, num_classes))."""
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 switch_prob: float = 0.5):
+        super().__init__()
+        self.num_classes, self.mixup_alpha, self.switch_prob = num_classes, mixup_alpha, switch_prob
+        self.mixup = K.RandomMixUpV2(data_keys=["input", "class"]) if mixup_alpha else None
+        self.cutmix = (K.RandomCutMixV2(beta=cutmix_alpha, use_correct_lambda=True, data_keys=["input", "class"])
+                       if cutmix_alpha else None)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        use_cutmix = self.cutmix is not None and (self.mixup is None or torch.rand(()) < self.switch_prob)
+        if use_cutmix:
+            images, mix = self.cutmix(images, labels)
+            mix = mix[0]
+            kept = mix[:, 2]  # kornia's CutMix lambda: the area kept from the image itself
+        else:
+            params = self.mixup.forward_parameters(images.shape)
+            beta = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha)
+            params["mixup_lambdas"] = beta.sample((len(images),))
+            images, mix = self.mixup(images, labels, params=params)
+            kept = 1 - mix[:, 2]  # kornia's MixUp lambda: the weight of the partner
+        own = nn.functional.one_hot(mix[:, 0].long(), self.num_classes)
+        partner = nn.functional.one_hot(mix[:, 1].long(), self.num_classes)
+        kept = kept.to(images.device, images.dtype)[:, None]
+        return images, kept * own + (1 - kept) * partner

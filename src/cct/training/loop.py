@@ -15,9 +15,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..data import build_augmentation, load_dataset
+from ..data import MixUpCutMix, build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write
@@ -63,14 +64,14 @@ class RunConfig:
 
 
 def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
-    """Step -> factor of the peak lr: linear warmup from 0, then constant or cosine decay to min_lr."""
+    """Step -> factor of the peak lr: linear warmup from warmup_lr, then constant or cosine decay to min_lr."""
     warmup = round(recipe.warmup_epochs * steps_per_epoch)
     total = recipe.epochs * steps_per_epoch
-    floor = recipe.min_lr / recipe.lr
+    floor, start = recipe.min_lr / recipe.lr, recipe.warmup_lr / recipe.lr
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return start + (1 - start) * (step + 1) / warmup
         if recipe.schedule == "constant":
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
@@ -115,7 +116,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)
-    augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip)
+    augment = build_augmentation(img_size, recipe.crop_padding, recipe.hflip, recipe.resized_crop_scale,
+                                 recipe.auto_augment, recipe.rand_augment, recipe.random_erasing)
+    mix = (MixUpCutMix(len(train_all.classes), recipe.mixup_alpha, recipe.cutmix_alpha, recipe.mix_switch_prob)
+           if recipe.mixup_alpha or recipe.cutmix_alpha else None)
+    # the weights that are validated, saved and tested: the model's own, or their moving average
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay), use_buffers=True)
+           if recipe.ema_decay else None)
+    evaluated = ema.module if ema else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                   weight_decay=recipe.weight_decay, fused=runtime.fused_optimizer or None)
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
@@ -139,13 +147,13 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     if resume:
         if not state_path.is_file():
             raise CCTError(f"{state_path}: no training state to resume from")
-        progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator)
+        progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator, ema)
         if ranks.main:
             print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
     rows, best_acc = progress["rows"], progress["best_acc"]
 
     def save_progress(epoch: int, step: int, seconds: float) -> None:
-        save_state(state_path, model, optimizer, schedule, scaler, generator, order,
+        save_state(state_path, model, optimizer, schedule, scaler, generator, ema, order,
                    {"epoch": epoch, "step": step, "loss_sum": loss_sum.item(), "correct": correct.item(),
                     "seconds": seconds, "rows": rows, "best_acc": best_acc})
 
@@ -163,15 +171,19 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         for step in bar:
             index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
             x = augment(to_model_input(train_set.images[index], device))
-            y = train_set.labels[index]
+            y = targets = train_set.labels[index]
+            if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
+                x, targets = mix(x, y)
             with runtime.autocast():
                 logits = forward(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+                loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
+            if ema:
+                ema.update_parameters(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 19 or step == steps_per_epoch - 1:
@@ -186,10 +198,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         if not ranks.main:  # rank 0 validates and writes; the others wait for it
             ranks.barrier()
             if on_epoch_end:
-                on_epoch_end(epoch, model)
+                on_epoch_end(epoch, evaluated)
             continue
 
-        val = evaluate(model, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
+        val = evaluate(evaluated, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
         _stop_unless_finite(val.loss, f"the validation of epoch {epoch}", out)
         row = {"epoch": epoch, "train_loss": loss_sum.item() / len(train_set),
                "train_acc": correct.item() / len(train_set), "val_loss": val.loss, "val_acc": val.top1,
@@ -201,14 +213,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         _write_metrics(out / "metrics.csv", rows)
         info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name,
                 "tta_flip": recipe.tta_flip}
-        save_checkpoint(out / "last.safetensors", model, info)
+        save_checkpoint(out / "last.safetensors", evaluated, info)
         if val.top1 > best_acc:
             best_acc = val.top1
-            save_checkpoint(out / "best.safetensors", model, info)
+            save_checkpoint(out / "best.safetensors", evaluated, info)
         save_progress(epoch + 1, 0, 0.0)
         ranks.barrier()
         if on_epoch_end:
-            on_epoch_end(epoch, model)
+            on_epoch_end(epoch, evaluated)
 
     if not ranks.main:
         ranks.close()

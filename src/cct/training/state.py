@@ -1,5 +1,5 @@
-"""The full state of a training run, for `cct train --resume`: weights, optimiser, schedule, gradient scaler,
-random-number generators and the position in the epoch. One safetensors file (no pickle), checksummed,
+"""The full state of a training run, for `cct train --resume`: weights, their moving average (EMA) when the
+recipe keeps one, optimiser, schedule, gradient scaler, random-number generators and the position in the epoch. One safetensors file (no pickle), checksummed,
 written atomically."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ FORMAT = "cct-train-state/1"
 
 
 def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, scaler,
-               generator: torch.Generator, order: torch.Tensor, progress: dict) -> None:
+               generator: torch.Generator, ema: torch.nn.Module | None, order: torch.Tensor, progress: dict) -> None:
     """`progress`: JSON values saying where the run is (epoch, step, running sums, rows, best accuracy)."""
     optim = optimizer.state_dict()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     for index, state in optim["state"].items():
         tensors.update({f"optimizer.{index}.{key}": value for key, value in state.items()})
     tensors.update({"rng.torch": torch.get_rng_state(), "rng.shuffle": generator.get_state(), "order": order})
@@ -28,11 +30,13 @@ def save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
 
 
 def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule, scaler,
-               generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+               generator: torch.Generator, ema: torch.nn.Module | None) -> tuple[dict, torch.Tensor]:
     """Restore everything `save_state` wrote; returns (progress, the epoch's sample order)."""
     tensors, header = read_tensors(path, FORMAT)
     device = next(model.parameters()).device
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(_prefixed(tensors, "model."))
+    if ema is not None:
+        ema.load_state_dict(_prefixed(tensors, "ema."))
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -51,3 +55,7 @@ def load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimi
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return header["progress"], tensors["order"].to(device)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
