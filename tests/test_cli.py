@@ -34,7 +34,7 @@ def test_models_lists_names_parameters_and_macs(capsys):
 def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
     images = [write_image(tmp_path / "gray.jpg", (200, 120), "L"), write_image(tmp_path / "pal.png", (16, 16), "P"),
               write_image(tmp_path / "rgba.png", (33, 31), "RGBA")]
-    assert main(["predict", str(checkpoint), *map(str, images), "--top-k", "3"]) == 0
+    assert main(["predict", "-c", str(checkpoint), *map(str, images), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 * 4
     assert lines[0] == str(images[0])
@@ -66,25 +66,25 @@ def test_corrupt_dataset_archive(tmp_path, capsys):
 
 def test_corrupt_checkpoint(tmp_path, checkpoint, capsys):
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-    _fails_with(["predict", str(checkpoint), str(write_image(tmp_path / "x.png", (32, 32)))], capsys,
+    _fails_with(["predict", "-c", str(checkpoint), str(write_image(tmp_path / "x.png", (32, 32)))], capsys,
                 "model.safetensors: not a readable checkpoint")
 
 
 def test_missing_checkpoint(tmp_path, capsys):
-    _fails_with(["evaluate", str(tmp_path / "run")], capsys, "no such checkpoint")
+    _fails_with(["evaluate", "-c", str(tmp_path / "run")], capsys, "no such checkpoint")
 
 
 def test_a_file_that_is_not_an_image(tmp_path, checkpoint, capsys):
     (tmp_path / "photo.jpg").write_text("just text")
-    _fails_with(["predict", str(checkpoint), str(tmp_path / "photo.jpg")], capsys, "photo.jpg: not a readable image")
-    _fails_with(["predict", str(checkpoint), str(tmp_path / "absent.png")], capsys, "absent.png: no such file")
+    _fails_with(["predict", "-c", str(checkpoint), str(tmp_path / "photo.jpg")], capsys, "photo.jpg: not a readable image")
+    _fails_with(["predict", "-c", str(checkpoint), str(tmp_path / "absent.png")], capsys, "absent.png: no such file")
 
 
 def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):
     from tests.helpers import write_color_dataset
 
     data = write_color_dataset(tmp_path / "colors", per_class=2)
-    _fails_with(["evaluate", str(checkpoint), "--dataset", str(data)], capsys, "the model has 10 classes")
+    _fails_with(["evaluate", "-c", str(checkpoint), "--dataset", str(data)], capsys, "the model has 10 classes")
 
 
 def test_python_m_cct_runs_the_cli():

@@ -30,6 +30,6 @@ def test_explain_writes_a_png(tmp_path, capsys):
                                  cct.create_model("cct_keras", class_names=tuple("abcdefghij")))
     image = write_image(tmp_path / "photo.jpg", (120, 90))
     out = tmp_path / "explained.png"
-    assert main(["explain", str(checkpoint), str(image), "--out", str(out)]) == 0
+    assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert Image.open(out).size[0] >= 800

@@ -14,7 +14,7 @@ def test_onnx_export_matches_pytorch_at_any_batch_size(tmp_path, name, capsys):
     torch.manual_seed(0)
     model = cct.create_model(name, class_names=tuple("abcdefghij")).eval()
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", model)
-    assert main(["export", str(checkpoint), "--format", "onnx"]) == 0
+    assert main(["export", "-c", str(checkpoint), "--format", "onnx"]) == 0
     out = tmp_path / "m.onnx"
     assert str(out) in capsys.readouterr().out
     props = {p.key: p.value for p in onnx.load(out).metadata_props}

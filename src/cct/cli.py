@@ -9,17 +9,21 @@ import sys
 from pathlib import Path
 
 from .errors import CCTError
+from .pretrained import DEFAULT_MODEL
 
 
 def _models(args: argparse.Namespace) -> None:
     from .models import count_macs, count_parameters, create_model, list_models, model_config
+    from .pretrained import BUNDLED
 
-    print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}")
+    print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}  pretrained (test top-1)")
     for name in list_models(args.pattern):
         model = create_model(name)
         c = model_config(name)
+        weights = ", ".join(f"{w.dataset} ({w.top1:.2%})" + (" default" if name == DEFAULT_MODEL else "")
+                            for w in BUNDLED if w.model == name)
         print(f"{name:<22} {count_parameters(model):>12,} {count_macs(model) / 1e9:>9.3f}G  "
-              f"{c.img_size:>3}x{c.img_size:<3}  {c.num_classes:>7}")
+              f"{c.img_size:>3}x{c.img_size:<3}  {c.num_classes:>7}  {weights}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -63,14 +67,24 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return kept
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from .data import load_dataset
-    from .evaluation import evaluate
-    from .plots import plot_confusion_matrix
-    from .training import load_checkpoint
+def _model_path(args: argparse.Namespace) -> Path:
+    """The checkpoint a command runs: --checkpoint, else the bundled weights of --pretrained (default: the
+    bundled default model)."""
+    from .pretrained import pretrained_path
     from .training.checkpoint import resolve_checkpoint
 
-    path = resolve_checkpoint(args.checkpoint)
+    if args.checkpoint:
+        return resolve_checkpoint(args.checkpoint)
+    return pretrained_path(args.pretrained or DEFAULT_MODEL)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .card import evaluate_saved
+    from .data import load_dataset
+    from .plots import plot_confusion_matrix
+    from .training import load_checkpoint
+
+    path = _model_path(args)
     model, header = load_checkpoint(path, args.device)
     dataset = args.dataset or header["info"].get("dataset")
     if not dataset:
@@ -78,12 +92,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     _, test = load_dataset(dataset, args.data_dir, model.config.img_size)
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
-    result = evaluate(model, test)
-    print(f"{model.config.name} on {dataset} test ({len(test):,} images): top-1 {result.top1:.2%} "
+    result = evaluate_saved(model, header, test)
+    flip = " (test-time flip)" if header["info"].get("tta_flip") else ""
+    print(f"{model.config.name} on {dataset} test ({len(test):,} images){flip}: top-1 {result.top1:.2%} "
           f"top-5 {result.top5:.2%} loss {result.loss:.4f}")
     for name, acc in zip(test.classes, result.per_class):
         print(f"  {name:<15} {acc:.2%}")
-    out = Path(args.out or path.with_name(path.stem + "-confusion.png"))
+    out = Path(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
+                            else f"{model.config.name}-{dataset}-confusion.png"))
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
     print(f"confusion matrix: {out}")
@@ -94,7 +110,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .data import load_image
     from .inference import Classifier
 
-    classifier = Classifier.from_pretrained(args.checkpoint, args.device)
+    classifier = Classifier.from_pretrained(_model_path(args), args.device)
     readable, failures = {}, []
     for path in args.images:
         try:
@@ -119,7 +135,7 @@ def _explain(args: argparse.Namespace) -> None:
     from .explain import explain
     from .inference import Classifier
 
-    classifier = Classifier.from_pretrained(args.checkpoint, args.device)
+    classifier = Classifier.from_pretrained(_model_path(args), args.device)
     out = explain(classifier, args.image, args.out or Path(args.image).with_suffix(".explain.png").name)
     print(f"{args.image} -> {out}")
 
@@ -127,11 +143,11 @@ def _explain(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .export import export_onnx
     from .training import load_checkpoint
-    from .training.checkpoint import resolve_checkpoint
 
-    path = resolve_checkpoint(args.checkpoint)
+    path = _model_path(args)
     model, _ = load_checkpoint(path)
-    out = export_onnx(model, args.out or path.with_suffix(".onnx"))
+    out = export_onnx(model, args.out or (path.with_suffix(".onnx") if args.checkpoint
+                                          else f"{model.config.name}.onnx"))
     print(f"{path} -> {out}")
 
 
@@ -140,7 +156,14 @@ def _serve(args: argparse.Namespace) -> None:
     from .serve import ServeLimits, serve
 
     limits = ServeLimits(max_upload_bytes=args.max_upload_mb * 2**20, max_concurrent=args.max_concurrent)
-    serve(Classifier.from_pretrained(args.checkpoint, args.device), args.host, args.port, limits)
+    serve(Classifier.from_pretrained(_model_path(args), args.device), args.host, args.port, limits)
+
+
+def _card(args: argparse.Namespace) -> None:
+    from .card import write_card
+
+    out = write_card(args.run, args.data_dir, args.out or Path(args.run) / "card")
+    print(f"{args.run} -> {out}")
 
 
 def _convert_keras(args: argparse.Namespace) -> None:
@@ -160,6 +183,13 @@ def _model_arg(text: str) -> tuple[str, object]:
         return key, json.loads(value)
     except json.JSONDecodeError:
         return key, value
+
+
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", "-c", help="a run folder, a model-card folder or a .safetensors checkpoint")
+    source.add_argument("--pretrained", metavar="MODEL",
+                        help=f"bundled CIFAR-10 weights of MODEL (see `cct models`; without either option: {DEFAULT_MODEL})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="top-1, top-5, per-class accuracy and a confusion matrix")
-    p.add_argument("checkpoint", help="a run folder (its best checkpoint) or a .safetensors checkpoint")
+    _add_model_source(p)
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", default="data")
     p.add_argument("--device", default="cpu")
@@ -213,34 +243,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
     p.add_argument("images", nargs="+")
+    _add_model_source(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
 
     p = commands.add_parser("explain", help="draw the sequence-pooling weights of each token over an image")
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
     p.add_argument("image")
+    _add_model_source(p)
     p.add_argument("--out", help="PNG to write (default: <image name>.explain.png here)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_explain)
 
     p = commands.add_parser("export", help="export a checkpoint for deployment (ONNX, dynamic batch size)")
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    _add_model_source(p)
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="file to write (default: beside the checkpoint)")
     p.set_defaults(func=_export)
 
     p = commands.add_parser("serve", help="a JSON API and a web page for a model, on loopback")
-    p.add_argument("checkpoint", help="a run folder or a .safetensors checkpoint")
+    _add_model_source(p)
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-upload-mb", type=int, default=10)
     p.add_argument("--max-concurrent", type=int, default=4, help="predictions at once; others wait")
     p.set_defaults(func=_serve)
+
+    p = commands.add_parser("card", help="write a model card folder (config.json, model.safetensors, README.md) "
+                            "for a finished run, with its test results")
+    p.add_argument("run", help="a run folder")
+    p.add_argument("--data-dir", default="data", help="where the run's dataset lives (for the test results)")
+    p.add_argument("--out", help="card folder to write (default: RUN/card)")
+    p.set_defaults(func=_card)
 
     p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")

@@ -72,3 +72,42 @@ def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_architecture(model: torch.nn.Module, path: Path) -> None:
+    """The model as a column of stages, input to logits, each with its output shape and parameter count
+    (shapes measured by running one image through it)."""
+    c = model.config
+    stages = [("tokenizer", model.tokenizer), *((f"encoder block {i + 1}", b) for i, b in enumerate(model.blocks)),
+              ("layer norm", model.norm), ("sequence pooling" if model.pool is not None else "class token",
+                                            model.pool or torch.nn.Identity()), ("linear head", model.head)]
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+             for name, m in stages]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, c.in_chans, c.img_size, c.img_size, device=next(model.parameters()).device))
+    for hook in hooks:
+        hook.remove()
+    if model.pool is None:
+        shapes["class token"] = (c.embed_dim,)
+    rows = [("input image", f"{c.in_chans}x{c.img_size}x{c.img_size}", "")]
+    for name, module in stages:
+        detail = type(module).__name__ if name != "class token" else "first token"
+        params = sum(p.numel() for p in module.parameters())
+        rows.append((f"{name}: {detail}", "x".join(map(str, shapes[name])), f"{params:,} params" if params else ""))
+        if name == "tokenizer" and c.positional_embedding != "none":
+            rows.append((f"+ {c.positional_embedding} positional embedding", "x".join(map(str, shapes[name])),
+                         f"{model.pos_embed.numel():,} params" if c.positional_embedding == "learnable" else ""))
+    fig, ax = plt.subplots(figsize=(6, 0.75 * len(rows) + 0.8))
+    ax.set(xlim=(0, 1), ylim=(len(rows) - 0.4, -0.9))
+    ax.axis("off")
+    ax.set_title(f"{c.name} ({c.style} encoder blocks, {c.num_heads} heads)")
+    for i, (label, shape, params) in enumerate(rows):
+        ax.add_patch(plt.Rectangle((0.05, i - 0.3), 0.9, 0.6, facecolor="#dbe9f6", edgecolor="#2b5d8a"))
+        ax.text(0.08, i - 0.05, label, va="center", fontsize=9, weight="bold")
+        ax.text(0.08, i + 0.17, f"out {shape}", va="center", fontsize=8)
+        ax.text(0.92, i + 0.17, params, va="center", ha="right", fontsize=8)
+        if i:
+            ax.annotate("", (0.5, i - 0.3), (0.5, i - 0.7), arrowprops={"arrowstyle": "->"})
+    fig.tight_layout()
+    _save(fig, path)

@@ -94,7 +94,7 @@ def test_predict_answers_every_good_file_and_names_each_bad_one(tmp_path, capsys
     Image.fromarray(PIXELS).save(tmp_path / "good.png")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "bomb.png").write_bytes(png(Image.new("1", (10_000, 10_000))))
-    assert main(["predict", str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "empty.png"),
+    assert main(["predict", "-c", str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "empty.png"),
                  str(tmp_path / "bomb.png"), "--json"]) == 1
     captured = capsys.readouterr()
     assert [r["image"] for r in json.loads(captured.out)] == [str(tmp_path / "good.png")]

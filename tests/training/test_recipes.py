@@ -2,6 +2,8 @@ from dataclasses import replace
 
 import pytest
 
+from cct.cli import main
+from cct.errors import CCTError
 from cct.training import RECIPES, Recipe, get_recipe
 from cct.training.loop import lr_multiplier
 
@@ -35,8 +37,41 @@ def test_cosine_schedule_decays_to_the_floor():
     assert values == sorted(values, reverse=True)
 
 
-def test_unknown_recipe():
-    from cct.errors import CCTError
+def test_paper_recipes_are_the_reference_ones():
+    r = get_recipe("cct-paper-200")
+    assert (r.epochs, r.batch_size, r.lr, r.weight_decay, r.warmup_epochs, r.schedule) == (200, 128, 5e-4, 3e-2, 5,
+                                                                                          "cosine")
+    assert (r.auto_augment, r.crop_padding, r.hflip, r.label_smoothing) == (True, 4, True, 0.1)
+    assert (r.mixup_alpha, r.cutmix_alpha, r.rand_augment) == (0, 0, None)
+    r = get_recipe("cct-paper-300")
+    assert (r.epochs, r.batch_size, r.lr, r.min_lr, r.weight_decay) == (300, 128, 5.5e-4, 1e-5, 0.06)
+    assert (r.warmup_epochs, r.warmup_lr, r.schedule, r.label_smoothing) == (10, 1e-5, "cosine", 0.1)
+    assert (r.resized_crop_scale, r.rand_augment, r.auto_augment) == ((0.8, 1.0), (2, 9.0, 0.5), False)
+    assert (r.mixup_alpha, r.cutmix_alpha, r.mix_switch_prob, r.mix_off_epoch) == (0.8, 1.0, 0.5, 175)
 
+
+def test_warmup_starts_from_warmup_lr():
+    recipe = get_recipe("cct-paper-300")
+    factor = lr_multiplier(recipe, steps_per_epoch=10)
+    assert factor(0) * recipe.lr == pytest.approx(1e-5 + (5.5e-4 - 1e-5) / 100)
+    assert factor(99) == pytest.approx(1.0)
+
+
+def test_overrides_convert_json_lists_and_refuse_unknown_fields():
+    r = get_recipe("fast").with_overrides({"rand_augment": [2, 9, 0.5], "ema_decay": 0.99})
+    assert r.rand_augment == (2, 9, 0.5) and r.ema_decay == 0.99 and r.name == "fast"
+    with pytest.raises(CCTError, match="unknown recipe field.*ema"):
+        r.with_overrides({"ema": 0.9})
+
+
+def test_cct_recipes_lists_every_recipe_in_full(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name, recipe in RECIPES.items():
+        assert f"{name}:" in out
+    assert out.count("auto_augment") == len(RECIPES)
+
+
+def test_unknown_recipe():
     with pytest.raises(CCTError, match="unknown recipe 'nope'"):
         get_recipe("nope")

@@ -18,7 +18,9 @@ TRAIN = """
 import sys
 from dataclasses import replace
 from cct.training import RECIPES, RunConfig, train
-recipe = replace(RECIPES["keras-example"], epochs=3, batch_size=8, val_size=8, lr=3e-3)
+# every source of randomness and state: augmentation policies, mixing, the moving average of the weights
+recipe = replace(RECIPES["keras-example"], epochs=3, batch_size=8, val_size=8, lr=3e-3, crop_padding=4,
+                 auto_augment=True, mixup_alpha=0.8, cutmix_alpha=1.0, ema_decay=0.9)
 train(RunConfig(model="cct_7_3x1_32", dataset=sys.argv[1], recipe=recipe, out=sys.argv[2], checkpoint_every=2))
 """
 

@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 import cct
 from cct.cli import main
@@ -50,6 +51,26 @@ def test_same_seed_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_ema_weights_are_the_ones_validated_and_saved(tmp_path, capsys):
+    """With every augmentation and mixing on: the run trains, and its checkpoints hold the moving average of the
+    weights (kept in the training state beside the raw weights), not the raw weights."""
+    data = write_color_dataset(tmp_path / "colors", per_class=16)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(out), "--epochs", "2",
+                 "--batch-size", "8", "--val-size", "8", "--recipe", "cct-paper-300", "--recipe-arg",
+                 "ema_decay=0.9", "--recipe-arg", "random_erasing=0.25", "--recipe-arg", "warmup_epochs=1"]) == 0
+    config = RunConfig.from_run(out)
+    assert config.recipe.rand_augment == (2, 9.0, 0.5) and config.recipe.ema_decay == 0.9
+    with safe_open(out / "state.safetensors", "pt") as f:
+        raw = {k[len("model."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+        averaged = {k[len("ema.module."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.module.")}
+        assert f.get_tensor("ema.n_averaged").item() == 2 * 3  # after each step: 24 images, batches of 8
+    saved = load_checkpoint(out / "last.safetensors")[0].state_dict()
+    assert set(saved) == set(raw) == set(averaged)
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not all(torch.equal(saved[k], raw[k]) for k in saved)
+
+
 @pytest.mark.slow
 def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir, capsys):
     out = tmp_path / "run"
@@ -61,7 +82,7 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
     assert test["test_images"] == 2000
     assert test["test_top1"] > 0.18  # chance is 0.10
 
-    assert main(["evaluate", str(out), "--data-dir", str(cifar10_dir)]) == 0
+    assert main(["evaluate", "-c", str(out), "--data-dir", str(cifar10_dir)]) == 0
     printed = capsys.readouterr().out
     assert "on cifar10 test (10,000 images): top-1" in printed and "  truck" in printed
     assert Image.open(out / "best-confusion.png").format == "PNG"
@@ -72,7 +93,7 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
     image = Image.fromarray(test_set.images[0].permute(1, 2, 0).numpy())
     image.save(tmp_path / "plane.png")
     image.convert("RGBA").resize((96, 96), Image.Resampling.NEAREST).save(tmp_path / "plane-big.png")
-    assert main(["predict", str(out), str(tmp_path / "plane.png"), str(tmp_path / "plane-big.png"), "--json"]) == 0
+    assert main(["predict", "-c", str(out), str(tmp_path / "plane.png"), str(tmp_path / "plane-big.png"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     expected = Classifier(model).predict(test_set.images[0])
     assert results[0]["labels"] == expected.labels

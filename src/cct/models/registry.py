@@ -46,9 +46,10 @@ def _register_family() -> None:
                                pooling=pooling))
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style pattern, sorted."""
-    return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
+    """Registered names (and aliases, if asked) matching a shell-style pattern, sorted."""
+    names = [*_MODELS, *(_ALIASES if include_aliases else ())]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
 
 
 def model_config(name: str, **overrides) -> CCTConfig:
@@ -66,8 +67,20 @@ def model_config(name: str, **overrides) -> CCTConfig:
 
 
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
-                 positional_embedding: str | None = None, **overrides) -> CCT:
-    """Build a freshly initialised model by name, e.g. `create_model("cct_7_3x1_32", num_classes=100)`."""
+                 positional_embedding: str | None = None, pretrained: str | None = None, **overrides) -> CCT:
+    """Build a model by name, e.g. `create_model("cct_7_3x1_32", num_classes=100)`: freshly initialised, or
+    with the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`,
+    in eval mode; config overrides are refused then, the weights fix the architecture)."""
+    if pretrained:
+        from ..pretrained import pretrained_path
+        from ..training.checkpoint import load_checkpoint
+
+        given = {k: v for k, v in dict(num_classes=num_classes, img_size=img_size,
+                                       positional_embedding=positional_embedding, **overrides).items()
+                 if v is not None}
+        if given:
+            raise CCTError(f"pretrained weights fix the model config; cannot also set {', '.join(sorted(given))}")
+        return load_checkpoint(pretrained_path(name, pretrained))[0]
     return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
                             positional_embedding=positional_embedding, **overrides))
 

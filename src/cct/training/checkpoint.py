@@ -63,10 +63,11 @@ def save_checkpoint(path: str | Path, model: CCT, info: dict | None = None) -> P
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder (its best checkpoint), a .safetensors file or its .json copy -> the .safetensors path."""
+    """A model-card folder (its model.safetensors), a run folder (its best checkpoint), a .safetensors file or
+    its .json copy -> the .safetensors path."""
     path = Path(path)
     if path.is_dir():
-        path = path / "best.safetensors"
+        path = path / ("model.safetensors" if (path / "model.safetensors").is_file() else "best.safetensors")
     elif path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if not path.is_file():

@@ -1,0 +1,178 @@
+"""Model cards from training runs, in the Hugging Face layout: a folder with config.json, model.safetensors and
+README.md (mirroring the seed's keras.io card), plus the figures the README shows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from . import __version__
+from .data import load_dataset
+from .errors import CCTError
+from .evaluation import Metrics, evaluate
+from .models import count_macs, count_parameters
+from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
+from .training import RunConfig, load_checkpoint
+
+FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
+
+
+def evaluate_saved(model, header: dict, data) -> Metrics:
+    """How `cct evaluate` and the cards measure a saved model: fp32, averaging the flipped image's logits if its
+    recipe did (`tta_flip`)."""
+    return evaluate(model, data, tta_flip=header["info"].get("tta_flip", False))
+
+
+def write_card(run: str | Path, data_dir: str | Path, out: str | Path) -> Path:
+    """Evaluate the run's best checkpoint on its dataset's test split and write the card folder `out`
+    (replaced as a whole: a failure leaves any previous card untouched)."""
+    run, out = Path(run), Path(out)
+    config = RunConfig.from_run(run)
+    metrics_path = run / "metrics.csv"
+    if not metrics_path.is_file():
+        raise CCTError(f"{metrics_path}: no such file (the run has not finished an epoch)")
+    with open(metrics_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    model, header = load_checkpoint(run / "best.safetensors")
+    train_all, test = load_dataset(config.dataset, data_dir, model.config.img_size)
+    result = evaluate_saved(model, header, test)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
+        summary = {"train_images": len(train_all) - config.recipe.val_size, "test_images": len(test), "test_top1": result.top1, "test_top5": result.top5,
+                   "per_class": dict(zip(test.classes, result.per_class)), "best_epoch": header["info"]["epoch"],
+                   "train_seconds": sum(float(r["seconds"]) for r in rows)}
+        card_config = {"library_name": "compact-transformers", "library_version": __version__,
+                       "model": model.config.to_dict(), "dataset": Path(config.dataset).name,
+                       "recipe": config.recipe.to_dict(), "runtime": asdict(config.runtime), "results": summary}
+        (staging / "config.json").write_text(json.dumps(card_config, indent=2) + "\n")
+        plot_training_curves(rows, staging / FIGURES["curves"])
+        plot_architecture(model, staging / FIGURES["architecture"])
+        plot_confusion_matrix(result.confusion, test.classes, staging / FIGURES["confusion"],
+                              f"{model.config.name} on {card_config['dataset']}: top-1 {result.top1:.2%}")
+        (staging / "README.md").write_text(_readme(model, config, summary, rows, result))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: Metrics) -> str:
+    c, r = model.config, config.recipe
+    dataset = Path(config.dataset).name
+    precision = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(config.runtime.precision, "float32")
+    schedule = "0.0" if r.schedule == "constant" else (
+        f"cosine to {r.min_lr:g} after {r.warmup_epochs:g} warmup epochs from {r.warmup_lr:g}")
+    augment = [name for name, on in [(f"random crop with {r.crop_padding} px padding", r.crop_padding),
+                                     (f"RandomResizedCrop scale {r.resized_crop_scale}", r.resized_crop_scale),
+                                     ("horizontal flip", r.hflip), ("AutoAugment (CIFAR-10 policy)", r.auto_augment),
+                                     (f"RandAugment {r.rand_augment} (ops, magnitude, std)", r.rand_augment),
+                                     (f"random erasing p={r.random_erasing}", r.random_erasing),
+                                     (f"MixUp alpha {r.mixup_alpha}", r.mixup_alpha),
+                                     (f"CutMix alpha {r.cutmix_alpha}", r.cutmix_alpha)] if on]
+    notes = [f"Augmentation during training: {', '.join(augment) or 'none'}",
+             f"label smoothing {r.label_smoothing}"]
+    if r.ema_decay:
+        notes.append(f"the saved weights are an exponential moving average of the trained ones (decay {r.ema_decay})")
+    if r.tta_flip:
+        notes.append("at test time the logits of the image and of its mirror image are averaged")
+    per_class = "\n".join(f"| {name} | {acc:.2%} |" for name, acc in summary["per_class"].items())
+    minutes = summary["train_seconds"] / 60
+    keras = c.style == "keras"
+    return f"""---
+library_name: compact-transformers
+tags:
+- image-classification
+- compact-convolutional-transformer
+datasets:
+- {dataset}
+metrics:
+- accuracy
+---
+
+# {c.name} on {dataset}
+
+A Compact Convolutional Transformer ({count_parameters(model):,} parameters, {count_macs(model) / 1e6:.1f}M
+multiply-accumulates per image) trained with the `{r.name}` recipe of compact-transformers: **test top-1 {summary['test_top1']:.2%},
+top-5 {summary['test_top5']:.2%}** on the {summary['test_images']:,} test images.
+{"Based on the Compact Convolutional Transformers example on keras.io created by Sayak Paul; the same model, layer for layer." if keras else "The paper's CCT-" + str(c.num_layers) + "/" + str(c.kernel_size) + "x" + str(c.num_convs) + " (Hassani et al.)."}
+
+## Model description
+
+As discussed in the Vision Transformers (ViT) paper, a Transformer-based architecture for vision typically
+requires a larger dataset than usual, as well as a longer pre-training schedule. Unlike CNNs, ViTs do not have
+well-informed inductive biases such as convolutions. In *Escaping the Big Data Paradigm with Compact
+Transformers*, Hassani et al. combine the two: a small convolutional tokenizer turns the image into
+{model.num_tokens} tokens of width {c.embed_dim}, {c.num_layers} transformer encoder blocks
+({"pre-norm, as in the Keras example" if keras else "the paper's layout"}, {c.num_heads} heads) process them,
+and sequence pooling (an attention-weighted average of the tokens) replaces the class token before a linear
+classifier over {c.num_classes} classes.
+
+## Intended uses & limitations
+
+- Classifying {c.img_size}x{c.img_size} RGB images into the {c.num_classes} {dataset} classes
+  ({", ".join(c.class_names)}); larger images are centre-fitted and resized to {c.img_size}x{c.img_size}.
+- A small research and teaching model: trained on {dataset} only, it knows nothing outside these classes and
+  every image gets one of them.
+- {"; ".join(notes)}.
+
+## Training and evaluation data
+
+{dataset}: the first {summary['train_images']:,} training images trained the model, the
+last {r.val_size:,} chose the best epoch ({summary['best_epoch']} of {r.epochs}) by validation accuracy, and
+the {summary['test_images']:,} test images were used once, for the results below.
+
+## Training procedure
+
+Trained in {minutes:.0f} minutes on {config.runtime.device} ({config.runtime.threads} threads,
+{config.runtime.precision}), with `cct train --model {config.model} --recipe {r.name}`.
+
+### Training hyperparameters
+
+The following hyperparameters were used during training:
+
+| name | learning_rate | decay | beta_1 | beta_2 | epsilon | amsgrad | weight_decay | exclude_from_weight_decay | training_precision |
+|---|---|---|---|---|---|---|---|---|---|
+| AdamW | {r.lr:g} | {schedule} | {r.betas[0]:g} | {r.betas[1]:g} | {r.eps:g} | False | {r.weight_decay:g} | None | {precision} |
+
+Batch size {r.batch_size}, {r.epochs} epochs. The full recipe is in `config.json` (`recipe`); weight decay is
+decoupled and multiplied by the learning rate (PyTorch's AdamW).
+
+## Training metrics
+
+![loss and accuracy per epoch, train and validation]({FIGURES['curves']})
+
+## Model plot
+
+![architecture]({FIGURES['architecture']})
+
+## Results
+
+On the {summary['test_images']:,} {dataset} test images (`cct evaluate`): top-1 **{summary['test_top1']:.2%}**,
+top-5 {summary['test_top5']:.2%}, loss {result.loss:.4f}.
+
+| class | accuracy |
+|---|---|
+{per_class}
+
+![confusion matrix]({FIGURES['confusion']})
+
+## How to use
+
+```python
+import cct
+
+model = cct.from_pretrained("path/to/this/folder")   # a CCT in eval mode; input (B, 3, {c.img_size}, {c.img_size}) in [0, 1]
+classifier = cct.Classifier(model)
+print(classifier.predict("photo.jpg"))
+```
+"""

@@ -1,0 +1,83 @@
+"""The recipes' augmentations: random choices per image (kornia's policies draw per batch), mixing that keeps
+images and soft targets consistent."""
+
+import torch
+from kornia.augmentation.auto import AutoAugment
+
+from cct.data import MixUpCutMix, build_augmentation
+from cct.data.augment import PerImagePolicy, PerImageRandAugment
+
+
+def _group_sizes(modules):
+    """Record, for each call of each module, how many images it got; returns the list of records."""
+    calls = []
+    for index, module in enumerate(modules):
+        module.register_forward_hook(lambda m, args, kwargs, out, i=index: calls.append(
+            (i, len(args[0]), kwargs.get("params"))), with_kwargs=True)
+    return calls
+
+
+def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image():
+    images = torch.rand(256, 3, 32, 32)
+    torch.manual_seed(1)
+    kornia_policy = AutoAugment("cifar10")
+    kornia_policy(images)
+    assert len(kornia_policy._params) == 1  # the sub-policy it drew, for the whole batch
+
+    ours = PerImagePolicy("cifar10")
+    calls = _group_sizes(ours.subpolicies)
+    out = ours(images)
+    assert sum(size for _, size, _ in calls) == 256 and len({i for i, _, _ in calls}) > 15
+    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+    assert not torch.equal(out, images)
+
+
+def test_rand_augment_draws_operations_and_magnitudes_per_image():
+    images = torch.rand(256, 3, 32, 32)
+    torch.manual_seed(2)
+    for std in (0.0, 0.5):
+        augment = PerImageRandAugment(num_ops=2, magnitude=9, magnitude_std=std)
+        calls = _group_sizes(augment.ops)
+        out = augment(images)
+        assert sum(size for _, size, _ in calls) == 2 * 256 and len({i for i, _, _ in calls}) == 15
+        assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+        levels = [params[augment.ops[i]._factor_name].abs() for i, _, params in calls
+                  if augment.ops[i].magnitude_range is not None]
+        distinct = max(len(level.unique()) for level in levels)
+        assert distinct == 1 if std == 0 else distinct > 5  # magnitude noise is per image
+
+
+def test_resized_crop_and_erasing():
+    images = torch.rand(64, 3, 40, 40)
+    out = build_augmentation(32, resized_crop_scale=(0.8, 1.0))(images)
+    assert out.shape == (64, 3, 32, 32)
+    erased = build_augmentation(40, random_erasing=1.0)(images)
+    zeroed = (erased == 0).all(1).flatten(1).float().mean(1)
+    assert ((zeroed >= 0.02) & (zeroed <= 0.34)).all()  # kornia's default area (0.02, 0.33) of every image
+
+
+def test_mixup_and_cutmix_targets_match_the_mixed_pixels():
+    """Each image is a flat colour equal to its class / 10: a mixed image's mean is then the targets'
+    expectation of class / 10, for MixUp (blend) and CutMix (pasted box) alike."""
+    labels = torch.arange(10).repeat(13)
+    images = (labels / 10).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous()
+    values = torch.arange(10) / 10
+    torch.manual_seed(3)
+    for mix in (MixUpCutMix(10, mixup_alpha=0.8), MixUpCutMix(10, cutmix_alpha=1.0),
+                MixUpCutMix(10, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5)):
+        for _ in range(5):
+            mixed, targets = mix(images, labels)
+            assert targets.shape == (130, 10) and torch.allclose(targets.sum(1), torch.ones(130))
+            assert torch.allclose(mixed.mean((1, 2, 3)), targets @ values, atol=1e-5)
+            assert (targets.max(1).values < 1).any()  # some images really were mixed
+
+
+def test_mixup_lambda_follows_beta_alpha():
+    """Beta(0.2, 0.2) puts most of its mass near 0 and 1; kornia's own MixUp draws uniformly."""
+    labels = torch.arange(2).repeat(2000)
+    images = torch.zeros(4000, 3, 4, 4)
+    torch.manual_seed(4)
+    _, targets = MixUpCutMix(2, mixup_alpha=0.2)(images, labels)
+    kept = targets[torch.arange(4000), labels]
+    own_partner = kept[(kept > 0) & (kept < 1)]
+    assert ((own_partner < 0.1) | (own_partner > 0.9)).float().mean() > 0.5

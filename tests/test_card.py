@@ -1,0 +1,70 @@
+"""`cct card RUN`: a Hugging Face style folder that loads back, with the seed card's sections and real results."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from PIL import Image
+
+import cct
+from cct.card import evaluate_saved
+from cct.cli import main
+from cct.data import load_dataset
+from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from tests.helpers import write_color_dataset
+
+SEED_COLUMNS = ("| name | learning_rate | decay | beta_1 | beta_2 | epsilon | amsgrad | weight_decay | "
+                "exclude_from_weight_decay | training_precision |")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("card")
+    data = write_color_dataset(root / "colors", per_class=16)
+    recipe = replace(RECIPES["small-cpu"], epochs=2, batch_size=8, val_size=8, warmup_epochs=1)
+    out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe, out=str(root / "run")))
+    return out
+
+
+def test_card_folder_has_the_seed_cards_sections_and_loads_back(run, tmp_path, capsys):
+    card = tmp_path / "card"
+    assert main(["card", str(run), "--out", str(card)]) == 0
+    assert sorted(p.name for p in card.iterdir()) == ["README.md", "architecture.png", "config.json",
+                                                      "confusion-matrix.png", "model.safetensors",
+                                                      "training-curves.png"]
+    for figure in ("architecture.png", "confusion-matrix.png", "training-curves.png"):
+        assert Image.open(card / figure).size[0] > 500
+    model = cct.from_pretrained(card)
+    best, header = load_checkpoint(run / "best.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.state_dict().items())
+
+    config = json.loads((card / "config.json").read_text())
+    _, test = load_dataset(RunConfig.from_run(run).dataset, "data")
+    expected = evaluate_saved(best, header, test)
+    assert config["results"]["test_top1"] == pytest.approx(expected.top1)
+    assert config["model"]["name"] == "cct_2_3x2_32" and config["recipe"]["name"] == "small-cpu"
+
+    readme = (card / "README.md").read_text()
+    for section in ("## Model description", "## Intended uses & limitations", "## Training and evaluation data",
+                    "### Training hyperparameters", "## Training metrics", "## Model plot", "## Results"):
+        assert section in readme
+    assert SEED_COLUMNS in readme
+    assert "| AdamW | 0.001 | cosine to 1e-05 after 1 warmup epochs from 0 | 0.9 | 0.999 | 1e-08 | False | 0.05 |" \
+        in readme
+    assert f"top-1 **{expected.top1:.2%}**" in readme and "| blue |" in readme and "| red |" in readme
+    assert "AutoAugment (CIFAR-10 policy)" in readme and "moving average" in readme
+    assert "](training-curves.png)" in readme and "](architecture.png)" in readme
+
+
+def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
+    card = tmp_path / "card"
+    assert main(["card", str(run), "--out", str(card)]) == 0
+    before = {p.name: p.read_bytes() for p in card.iterdir()}
+    broken = tmp_path / "broken-run"
+    broken.mkdir()
+    (broken / "config.json").write_text((run / "config.json").read_text())
+    assert main(["card", str(broken), "--out", str(card)]) == 1
+    assert "metrics.csv: no such file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in card.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
