@@ -43,7 +43,8 @@ def _train(args: argparse.Namespace) -> None:
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
-                    runtime=runtime, checkpoint_every=args.checkpoint_every, model_args=dict(args.model_arg)))
+                    runtime=runtime, checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
+                    model_args=dict(args.model_arg)))
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="train in N processes (torchrun on this machine)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="also save the training state every K steps (it is always saved at epoch ends)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics for TensorBoard in RUN/tensorboard (needs the tensorboard extra)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state "
                    "(its own config; other options are ignored)")
     p.set_defaults(func=_train)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import cct
 from cct.cli import main
@@ -69,6 +70,20 @@ def test_ema_weights_are_the_ones_validated_and_saved(tmp_path, capsys):
     assert set(saved) == set(raw) == set(averaged)
     assert all(torch.equal(saved[k], averaged[k]) for k in saved)
     assert not all(torch.equal(saved[k], raw[k]) for k in saved)
+
+
+def test_tensorboard_logs_the_metrics_of_metrics_csv(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    out, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(),
+                                  out=str(tmp_path / "run"), tensorboard=True))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    for tag, column in (("train/loss", "train_loss"), ("val/acc", "val_acc"), ("lr", "lr")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([float(r[column]) for r in rows], rel=1e-6)
+    assert events.Scalars("test/top1")[0].value == pytest.approx(result.top1)
 
 
 @pytest.mark.slow

@@ -44,6 +44,7 @@ class RunConfig:
     out: str | None = None
     runtime: Runtime = field(default_factory=Runtime)
     checkpoint_every: int = 0
+    tensorboard: bool = False
     model_args: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
 
@@ -141,6 +142,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
               f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
               f"{ranks.world} process(es)")
 
+    board = _tensorboard_writer(out / "tensorboard") if run.tensorboard and ranks.main else None
     state_path = out / "state.safetensors"
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
     order = None
@@ -211,6 +213,11 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
               f"val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%} | {row['seconds']:.1f}s", flush=True)
         _write_metrics(out / "metrics.csv", rows)
+        if board:
+            for name, value in row.items():
+                if name != "epoch":
+                    board.add_scalar(name.replace("_", "/", 1) if "_" in name else name, value, epoch)
+            board.flush()
         info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name,
                 "tta_flip": recipe.tta_flip}
         save_checkpoint(out / "last.safetensors", evaluated, info)
@@ -232,10 +239,24 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                "test_images": len(test), "per_class": dict(zip(test.classes, result.per_class)),
                "train_seconds": sum(r["seconds"] for r in rows)}
     atomic_write(out / "test.json", json.dumps(summary, indent=2) + "\n")
+    if board:
+        board.add_scalar("test/top1", result.top1, summary["best_epoch"])
+        board.add_scalar("test/top5", result.top5, summary["best_epoch"])
+        board.close()
     print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
           f"top-5 {result.top5:.2%} on {len(test):,} images")
     ranks.close()
     return out, result
+
+
+def _tensorboard_writer(folder: Path):
+    """TensorBoard event files beside metrics.csv (the optional `tensorboard` package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CCTError("--tensorboard needs the tensorboard package: "
+                       "pip install 'compact-transformers[tensorboard]'") from None
+    return SummaryWriter(str(folder))
 
 
 def _stop_unless_finite(loss: float, where: str, out: Path) -> None:
