@@ -46,13 +46,14 @@ class Classifier:
                                                                               range(model.config.num_classes)]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":
-        """From a checkpoint file or a run folder (its best checkpoint). fp32 by default, so that the same image
+    def from_pretrained(cls, source: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":
+        """From anything `cct.from_pretrained` takes: a card folder, a run folder (its best checkpoint), a
+        checkpoint file, or the name of a model with bundled weights. fp32 by default, so that the same image
         gets the same probabilities everywhere; "auto" or "bf16" trade that for speed."""
-        from .training.checkpoint import load_checkpoint
+        from .pretrained import from_pretrained
 
         runtime = Runtime(device=device, precision=precision).resolve()
-        return cls(load_checkpoint(path, runtime.torch_device)[0], runtime)
+        return cls(from_pretrained(source, runtime.torch_device), runtime)
 
     def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
         """(N, 3, size, size) uint8 and whether a single image was given."""
