@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import cct
-from cct.card import evaluate_saved
+from cct.evaluation import evaluate_saved
 from cct.cli import main
 from cct.data import load_dataset
 from cct.training import RECIPES, RunConfig, load_checkpoint, train

@@ -13,18 +13,12 @@ from pathlib import Path
 from . import __version__
 from .data import load_dataset
 from .errors import CCTError
-from .evaluation import Metrics, evaluate
+from .evaluation import Metrics, evaluate_saved
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import RunConfig, load_checkpoint
 
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
-
-
-def evaluate_saved(model, header: dict, data) -> Metrics:
-    """How `cct evaluate` and the cards measure a saved model: fp32, averaging the flipped image's logits if its
-    recipe did (`tta_flip`)."""
-    return evaluate(model, data, tta_flip=header["info"].get("tta_flip", False))
 
 
 def write_card(run: str | Path, data_dir: str | Path, out: str | Path) -> Path:

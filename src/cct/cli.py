@@ -80,7 +80,7 @@ def _model_path(args: argparse.Namespace) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .card import evaluate_saved
+    from .evaluation import evaluate_saved
     from .data import load_dataset
     from .plots import plot_confusion_matrix
     from .training import load_checkpoint

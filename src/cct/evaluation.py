@@ -67,3 +67,9 @@ def evaluate(model: torch.nn.Module, data: ImageTensors, batch_size: int = 500, 
              tta_flip: bool = False) -> Metrics:
     logits = predict_logits(model, data.images, batch_size, runtime, tta_flip)
     return metrics_from_logits(logits, data.labels, len(data.classes))
+
+
+def evaluate_saved(model: torch.nn.Module, header: dict, data: ImageTensors) -> Metrics:
+    """How `cct evaluate` and the model cards measure a saved model (`header`: its checkpoint's): in fp32,
+    averaging the logits of the flipped image if its recipe did (`tta_flip`)."""
+    return evaluate(model, data, tta_flip=header["info"].get("tta_flip", False))

@@ -41,11 +41,10 @@ class PerImageRandAugment(nn.Module):
         self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = images
+        out = images.clone()
         for _ in range(self.num_ops):
             drawn = torch.randint(len(self.ops), (len(images),))
             level = (self.magnitude + self.magnitude_std * torch.randn(len(images))).clamp(0, 30) / 30
-            out = out.clone()
             for k in drawn.unique().tolist():
                 rows = (drawn == k).nonzero().squeeze(1)
                 group = out[rows.to(images.device)]
