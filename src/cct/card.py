@@ -21,9 +21,10 @@ from .training import RunConfig, load_checkpoint
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
 
 
-def write_card(run: str | Path, data_dir: str | Path, out: str | Path) -> Path:
-    """Evaluate the run's best checkpoint on its dataset's test split and write the card folder `out`
-    (replaced as a whole: a failure leaves any previous card untouched)."""
+def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = None) -> Path:
+    """Evaluate the run's best checkpoint on its dataset's test split (found in `data_dir`, by default the
+    run's own) and write the card folder `out` (replaced as a whole: a failure leaves any previous card
+    untouched)."""
     run, out = Path(run), Path(out)
     config = RunConfig.from_run(run)
     metrics_path = run / "metrics.csv"
@@ -32,7 +33,7 @@ def write_card(run: str | Path, data_dir: str | Path, out: str | Path) -> Path:
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
     model, header = load_checkpoint(run / "best.safetensors")
-    train_all, test = load_dataset(config.dataset, data_dir, model.config.img_size)
+    train_all, test = load_dataset(config.dataset, data_dir or config.data_dir, model.config.img_size)
     result = evaluate_saved(model, header, test)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _card(args: argparse.Namespace) -> None:
     from .card import write_card
 
-    out = write_card(args.run, args.data_dir, args.out or Path(args.run) / "card")
+    out = write_card(args.run, args.out or Path(args.run) / "card", args.data_dir)
     print(f"{args.run} -> {out}")
 
 
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("card", help="write a model card folder (config.json, model.safetensors, README.md) "
                             "for a finished run, with its test results")
     p.add_argument("run", help="a run folder")
-    p.add_argument("--data-dir", default="data", help="where the run's dataset lives (for the test results)")
+    p.add_argument("--data-dir", help="where the run's dataset lives, for the test results (default: the run's)")
     p.add_argument("--out", help="card folder to write (default: RUN/card)")
     p.set_defaults(func=_card)
 
