@@ -26,6 +26,9 @@ class PretrainedWeights:
 
 
 BUNDLED: list[PretrainedWeights] = [
+    # the best model of at most 0.5M parameters from one background run on two CPU cores (small-cpu recipe)
+    PretrainedWeights("cct_4_3x2_32", "cifar10",
+                      "673058da645b2f8b6f7787e273495fbe76e5be7887d4dfea5530e364cc7f1362", 0.8651),
     # the seed model, keras-example recipe (the README's main command), default runtime (bf16 autocast)
     PretrainedWeights("cct_2_3x2_32_keras", "cifar10",
                       "3a1776e2b68acad5534f191effa924d020d6978827f48cb6793c48bdae15232d", 0.7745),
