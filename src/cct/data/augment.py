@@ -12,6 +12,16 @@ from kornia.augmentation.auto import AutoAugment, RandAugment
 from torch import nn
 
 
+def _by_group(images: torch.Tensor, drawn: torch.Tensor, transform) -> torch.Tensor:
+    """Replace, in place, each group of `images` that drew the same choice k (`drawn`: (B,) on the CPU) by
+    `transform(k, rows, group)`; returns `images`."""
+    for k in drawn.unique().tolist():
+        rows = (drawn == k).nonzero().squeeze(1)
+        on_device = rows.to(images.device)
+        images[on_device] = transform(k, rows, images[on_device])
+    return images
+
+
 class PerImagePolicy(nn.Module):
     """AutoAugment (CIFAR-10 policy by default) with one of its sub-policies drawn for each image.
     (B, C, H, W) -> (B, C, H, W)."""
@@ -22,11 +32,7 @@ class PerImagePolicy(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         drawn = torch.randint(len(self.subpolicies), (len(images),))
-        out = images.clone()
-        for k in drawn.unique().tolist():
-            group = (drawn == k).nonzero().squeeze(1).to(images.device)
-            out[group] = self.subpolicies[k](images[group])
-        return out
+        return _by_group(images.clone(), drawn, lambda k, rows, group: self.subpolicies[k](group))
 
 
 class PerImageRandAugment(nn.Module):
@@ -45,10 +51,7 @@ class PerImageRandAugment(nn.Module):
         for _ in range(self.num_ops):
             drawn = torch.randint(len(self.ops), (len(images),))
             level = (self.magnitude + self.magnitude_std * torch.randn(len(images))).clamp(0, 30) / 30
-            for k in drawn.unique().tolist():
-                rows = (drawn == k).nonzero().squeeze(1)
-                group = out[rows.to(images.device)]
-                out[rows.to(images.device)] = self._apply(self.ops[k], group, level[rows])
+            out = _by_group(out, drawn, lambda k, rows, group: self._apply(self.ops[k], group, level[rows]))
         return out
 
     @staticmethod
