@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import cct
-from cct.evaluation import predict_logits
-from cct.runtime import Runtime
+from cct.evaluation import predict_logits, to_model_input
+from cct.runtime import OneDNNBlocked, Runtime
 
 
 def test_resolve_makes_every_choice_concrete():
@@ -55,3 +55,35 @@ def test_test_time_flip_averages_an_image_and_its_mirror():
     both = predict_logits(model, images, tta_flip=True)
     expected = (predict_logits(model, images) + predict_logits(model, images.flip(-1))) / 2
     assert torch.allclose(both, expected, atol=1e-5)
+
+
+def test_frozen_bf16_model_runs_in_bf16_with_a_blocked_tokenizer_and_keeps_the_logits():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    full = predict_logits(cct.create_model("cct_keras", pretrained="cifar10"), images)
+    runtime = Runtime(device="cpu", precision="bf16").resolve()
+    model = runtime.prepare(cct.create_model("cct_keras", pretrained="cifar10").eval(), frozen=True)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert isinstance(model.tokenizer.stages, OneDNNBlocked)
+    low = predict_logits(model, images, runtime=runtime)
+    assert low.dtype == torch.float32 and not torch.equal(low, full)
+    assert (low - full).abs().max() < 0.05 * full.abs().max()
+    assert torch.equal(low.argmax(1), full.argmax(1))
+
+
+def test_frozen_bf16_tokenizer_stays_dense_where_onednn_cannot_pool():
+    torch.manual_seed(0)
+    model = cct.create_model("cct_keras", img_size=30).eval()  # the second stage pools an odd-sized 13x13 map
+    images = torch.randint(0, 256, (4, 3, 30, 30), dtype=torch.uint8)
+    full = predict_logits(model, images)
+    runtime = Runtime(device="cpu", precision="bf16").resolve()
+    runtime.prepare(model, frozen=True)
+    assert isinstance(model.tokenizer.stages, torch.nn.Sequential)
+    low = predict_logits(model, images, runtime=runtime)
+    assert (low - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_channels_last_off_gives_contiguous_inputs():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert to_model_input(images, "cpu").is_contiguous(memory_format=torch.channels_last)
+    plain = to_model_input(images, "cpu", channels_last=False)
+    assert plain.is_contiguous() and torch.equal(plain, images.float() / 255)

@@ -12,25 +12,27 @@ from .data import ImageTensors
 from .runtime import Runtime
 
 
-def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float in [0, 1] on `device`, channels-last: the one conversion used by training,
-    evaluation and prediction (the model normalises by its own mean/std)."""
+def to_model_input(images: torch.Tensor, device: torch.device | str, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float in [0, 1] on `device`, channels-last unless told: the one conversion used by
+    training, evaluation and prediction (the model normalises by its own mean/std)."""
     x = images.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500,
                    runtime: Runtime | None = None, tta_flip: bool = False) -> torch.Tensor:
     """Logits (N, num_classes) on the CPU for uint8 images (N, C, H, W), in eval mode, under the runtime's
-    precision. `tta_flip` averages the logits of each image and its mirror image."""
+    precision (autocast for an fp32 model; one prepared `frozen` runs in its own dtype). `tta_flip` averages
+    the logits of each image and its mirror image."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    autocast = runtime.autocast if runtime else contextlib.nullcontext
+    weight = next(model.parameters())
+    device = weight.device
+    autocast = runtime.autocast if runtime and weight.dtype == torch.float32 else contextlib.nullcontext
     out = []
     for start in range(0, len(images), batch_size):
-        x = to_model_input(images[start:start + batch_size], device)
+        x = to_model_input(images[start:start + batch_size], device, runtime.channels_last if runtime else True)
         with autocast():
             logits = model(x).float()
             if tta_flip:

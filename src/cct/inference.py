@@ -53,7 +53,7 @@ class Classifier:
         from .pretrained import from_pretrained
 
         runtime = Runtime(device=device, precision=precision).resolve()
-        return cls(from_pretrained(source, runtime.torch_device), runtime)
+        return cls(runtime.prepare(from_pretrained(source, runtime.torch_device), frozen=True), runtime)
 
     def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
         """(N, 3, size, size) uint8 and whether a single image was given."""

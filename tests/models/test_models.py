@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import cct
-from cct.models.layers import (DropPath, KerasEncoderBlock, KerasPaddedMaxPool, PaperEncoderBlock, SequencePooling,
-                               sinusoidal_embedding)
+from cct.models.layers import (Attention, ConvTokenizer, DropPath, KerasEncoderBlock, KerasPaddedMaxPool,
+                               PaperEncoderBlock, SequencePooling, sinusoidal_embedding)
 
 # The authors' table (reference.md section 2): parameters in millions and GMACs, CIFAR models at 32x32.
 PAPER_TABLE = {
@@ -25,6 +25,11 @@ def test_parameters_and_macs_match_the_paper(name):
     params, macs = PAPER_TABLE[name]
     assert cct.count_parameters(model) == pytest.approx(params * 1e6, rel=0.005)
     assert cct.count_macs(model) == pytest.approx(macs * 1e9, rel=0.02)
+
+
+def test_macs_with_attention_add_the_token_token_products():
+    model = cct.create_model("cct_keras")  # 64 tokens, 2 blocks of 2 heads of width 128
+    assert cct.count_macs(model, include_attention=True) - cct.count_macs(model) == 2 * (2 * 64 * 64 * 2 * 128)
 
 
 def test_seed_model_parameters_exactly():
@@ -52,8 +57,8 @@ def test_seed_tokenizer_shapes_follow_keras_padding():
         for layer in stage:
             x = layer(x)
             shapes.append(tuple(x.shape[1:]))
-    # conv 32 -> 30, ReLU, zero padding to 32 and pooling to 16 (one module), then 16 -> 14 -> (16) -> 8
-    assert shapes == [(64, 30, 30), (64, 30, 30), (64, 16, 16), (128, 14, 14), (128, 14, 14), (128, 8, 8)]
+    # conv 32 -> 30, zero padding to 32 and pooling to 16 (one module), ReLU, then 16 -> 14 -> (16) -> 8
+    assert shapes == [(64, 30, 30), (64, 16, 16), (64, 16, 16), (128, 14, 14), (128, 8, 8), (128, 8, 8)]
 
 
 def _keras_zero_pad_then_same_pool(x, zero_padding):
@@ -68,17 +73,32 @@ def _keras_zero_pad_then_same_pool(x, zero_padding):
 
 @pytest.mark.parametrize("shape,zero_padding", [((30, 30), 1), ((14, 14), 1), ((31, 31), 1), ((30, 29), 1),
                                                 ((26, 26), 3)])
-def test_keras_padded_max_pool_matches_keras_ops(shape, zero_padding):
+def test_keras_padded_max_pool_then_relu_matches_keras_relu_then_pool(shape, zero_padding):
     torch.manual_seed(0)
-    z = torch.randn(2, 3, *shape, requires_grad=True)  # the conv output; the pooling sees its ReLU
+    z = torch.randn(2, 3, *shape, requires_grad=True)  # the conv output
     z_ref = z.detach().clone().requires_grad_()
-    out = KerasPaddedMaxPool(zero_padding)(torch.relu(z))
+    out = torch.relu(KerasPaddedMaxPool(zero_padding)(z))
     ref = _keras_zero_pad_then_same_pool(torch.relu(z_ref), zero_padding)
     assert out.shape == ref.shape and torch.equal(out, ref)
     weights = torch.randn_like(ref)
     (out * weights).sum().backward()
     (ref * weights).sum().backward()
     assert torch.equal(z.grad, z_ref.grad)
+
+
+def test_paper_tokenizer_matches_conv_relu_pool_in_outputs_and_gradients():
+    torch.manual_seed(0)
+    tokenizer = ConvTokenizer(3, 32, num_convs=2, kernel_size=3, hidden_channels=16, style="paper")
+    x = torch.randn(2, 3, 32, 32)
+    ref = x
+    for stage in tokenizer.stages:  # the paper's order: conv -> ReLU -> max-pool(3, 2, padding 1)
+        ref = F.max_pool2d(torch.relu(stage[0](ref)), 3, 2, padding=1)
+    ref = ref.flatten(2).transpose(1, 2)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [s[0].weight for s in tokenizer.stages])
+    out = tokenizer(x)
+    grads = torch.autograd.grad(out.square().sum(), [s[0].weight for s in tokenizer.stages])
+    assert out.shape == (2, 64, 32) and torch.equal(out, ref)
+    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
 
 
 @pytest.mark.parametrize("name", cct.list_models())
@@ -178,3 +198,16 @@ def test_model_normalises_its_input():
     mean, std = torch.tensor(model.config.mean).view(1, 3, 1, 1), torch.tensor(model.config.std).view(1, 3, 1, 1)
     direct = model.head(model.pool(model.norm(model.blocks(model.tokenizer((x - mean) / std) + model.pos_embed))))
     assert torch.allclose(model(x), direct, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_tokens", [10, 100])  # the CPU's explicit math path, and SDPA's fused kernel
+@pytest.mark.parametrize("training", [False, True])
+def test_attention_is_softmax_of_scaled_query_key_products_over_values(num_tokens, training):
+    torch.manual_seed(0)
+    attention = Attention(32, num_heads=4, head_dim=16, attention_dropout=0.0).train(training)
+    x = torch.randn(2, num_tokens, 32)
+    q, k, v = (p(x).view(2, num_tokens, 4, 16).transpose(1, 2) for p in (attention.query, attention.key,
+                                                                          attention.value))
+    weights = (q @ k.transpose(-2, -1) / 4).softmax(dim=-1)
+    expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, num_tokens, 64))
+    assert torch.allclose(attention(x), expected, atol=1e-5)

@@ -111,8 +111,8 @@ class CCT(nn.Module):
                 nn.init.trunc_normal_(self.pos_embed, std=0.2)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> normalised encoder output (B, N, D)."""
-        x = self.tokenizer((x - self.mean) / self.std)
+        """(B, C, H, W) in [0, 1] (any float dtype) -> normalised encoder output (B, N, D) in the model's dtype."""
+        x = self.tokenizer(((x - self.mean) / self.std).to(self.mean.dtype))
         if self.class_token is not None:
             x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:

@@ -89,8 +89,10 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: CCT) -> int:
-    """Multiply-accumulates of one forward pass on one image, counted by torch's FLOP counter."""
+def count_macs(model: CCT, include_attention: bool = False) -> int:
+    """Multiply-accumulates of one forward pass on one image in its convolutions and linear layers, counted
+    by torch's FLOP counter, as the paper's table counts them. `include_attention` adds attention's
+    token-token products (2 N^2 x heads x head_dim per block)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     c = model.config
@@ -98,7 +100,12 @@ def count_macs(model: CCT) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model.eval()(x)
-    return counter.get_total_flops() // 2
+    aten = torch.ops.aten
+    counts = counter.get_flop_counts()["Global"]
+    macs = sum(counts.get(op, 0) for op in (aten.convolution, aten.addmm, aten.mm)) // 2
+    if include_attention:
+        macs += sum(2 * model.num_tokens ** 2 * b.attn.num_heads * b.attn.head_dim for b in model.blocks)
+    return macs
 
 
 _register_family()

@@ -172,7 +172,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                    dynamic_ncols=True, disable=None if ranks.main else True)  # none in a log file
         for step in bar:
             index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
-            x = augment(to_model_input(train_set.images[index], device))
+            x = augment(to_model_input(train_set.images[index], device, runtime.channels_last))
             y = targets = train_set.labels[index]
             if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
                 x, targets = mix(x, y)
