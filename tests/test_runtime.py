@@ -87,3 +87,15 @@ def test_channels_last_off_gives_contiguous_inputs():
     assert to_model_input(images, "cpu").is_contiguous(memory_format=torch.channels_last)
     plain = to_model_input(images, "cpu", channels_last=False)
     assert plain.is_contiguous() and torch.equal(plain, images.float() / 255)
+
+
+@pytest.mark.parametrize("name", ["cct_keras", "vit_lite_7_4_32"])  # sequence pooling; class token
+def test_under_bf16_autocast_the_encoder_stream_is_bf16(name):
+    model = cct.create_model(name).eval()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].dtype, output.dtype)))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), Runtime(device="cpu", precision="bf16").resolve().autocast():
+        model(x)
+    model(x)
+    assert seen == [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32)]

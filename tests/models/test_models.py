@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import cct
-from cct.models.layers import (Attention, ConvTokenizer, DropPath, KerasEncoderBlock, KerasPaddedMaxPool,
+from cct.models.layers import (Attention, ConvTokenizer, Dropout, DropPath, KerasEncoderBlock, KerasPaddedMaxPool,
                                PaperEncoderBlock, SequencePooling, sinusoidal_embedding)
 
 # The authors' table (reference.md section 2): parameters in millions and GMACs, CIFAR models at 32x32.
@@ -181,6 +181,19 @@ def test_drop_path_drops_whole_samples_and_keeps_the_mean():
     assert (per_sample.std(1) == 0).all()  # a sample is kept or dropped whole
     assert (per_sample[:, 0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.015)
     assert torch.equal(layer.eval()(torch.ones(3, 2)), torch.ones(3, 2))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_zeroes_elements_at_its_rate_and_torch_seeds_decide_its_masks(p):
+    layer = Dropout(p).train()
+    torch.manual_seed(0)
+    first, second = layer(torch.ones(1_000_003)), layer(torch.ones(1_000_003))
+    assert torch.allclose(first.unique(), torch.tensor([0.0, 1 / (1 - p)]))
+    assert (first == 0).float().mean().item() == pytest.approx(p, abs=0.002)
+    assert first.mean().item() == pytest.approx(1.0, abs=0.005)
+    assert (first != second).float().mean().item() == pytest.approx(2 * p * (1 - p), abs=0.003)  # independent
+    torch.manual_seed(0)
+    assert torch.equal(layer(torch.ones(1_000_003)), first)
 
 
 def test_sequence_pooling_is_a_softmax_weighted_sum():

@@ -42,6 +42,17 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert header["info"]["epoch"] == int(best_epoch)
 
 
+def test_a_recipe_sets_the_model_regularisation_and_model_args_override_it(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    recipe = _tiny_recipe(epochs=1, dropout=0.0, stochastic_depth=0.0, attention_dropout=0.0)
+    train(RunConfig(model="cct_keras", dataset=str(data), recipe=recipe, out=str(tmp_path / "run"),
+                    model_args={"attention_dropout": 0.2}))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model_config"]
+    assert (config["dropout"], config["stochastic_depth"], config["attention_dropout"]) == (0.0, 0.0, 0.2)
+    model, _ = load_checkpoint(tmp_path / "run")
+    assert [b.dropout.p for b in model.blocks] == [0.0, 0.0] and model.blocks[0].attn.attn_drop.p == 0.2
+
+
 def test_same_seed_same_weights(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     weights = []

@@ -111,15 +111,19 @@ class CCT(nn.Module):
                 nn.init.trunc_normal_(self.pos_embed, std=0.2)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] (any float dtype) -> normalised encoder output (B, N, D) in the model's dtype."""
+        """(B, C, H, W) in [0, 1] (any float dtype) -> normalised encoder output (B, N, D).
+
+        The token stream keeps the tokenizer's output dtype: the model's own, or under autocast the 16-bit
+        type (the encoder then runs wholly in bf16, its LayerNorms accumulating in fp32, without a cast
+        around every layer)."""
         x = self.tokenizer(((x - self.mean) / self.std).to(self.mean.dtype))
         if self.class_token is not None:
-            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = torch.cat([self.class_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
             if x.shape[1] != self.pos_embed.shape[1]:
                 raise ValueError(f"{self.config.name} was built for {self.config.img_size}x{self.config.img_size} "
                                  f"images ({self.pos_embed.shape[1]} tokens); got {x.shape[1]} tokens")
-            x = x + self.pos_embed
+            x = x + self.pos_embed.to(x.dtype)
         return self.norm(self.blocks(self.dropout(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

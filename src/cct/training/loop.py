@@ -113,7 +113,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     img_size = train_all.images.shape[-1]
 
     model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
-                         class_names=tuple(train_all.classes), **run.model_args)
+                         class_names=tuple(train_all.classes), **{**recipe.model_overrides(), **run.model_args})
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)

@@ -37,6 +37,10 @@ class Recipe:
     mix_switch_prob: float = 0.5  # with both on: the probability a batch is CutMix rather than MixUp
     mix_off_epoch: int | None = None  # no MixUp or CutMix after this epoch
     ema_decay: float = 0.0  # 0: off; else an exponential moving average of the weights is validated and saved
+    # the model's regularisation, None: the model's own (its config's dropout, attention_dropout, stochastic_depth)
+    dropout: float | None = None
+    attention_dropout: float | None = None
+    stochastic_depth: float | None = None
     tta_flip: bool = False
     seed: int = 0
     eval_batch_size: int = 500
@@ -45,6 +49,11 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def model_overrides(self) -> dict:
+        """The model config fields this recipe sets."""
+        return {k: getattr(self, k) for k in ("dropout", "attention_dropout", "stochastic_depth")
+                if getattr(self, k) is not None}
 
     def with_overrides(self, overrides: dict) -> "Recipe":
         """A copy with some fields replaced (JSON lists become tuples); an unknown field is an error."""
