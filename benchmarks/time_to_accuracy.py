@@ -1,7 +1,7 @@
 """Wall-clock seconds of training until the test top-1 reaches each target (default 78% and 80%), on the
 real CIFAR-10, with a named recipe. The test set is scored after every epoch; that scoring is not counted.
 
-    python benchmarks/time_to_accuracy.py --model cct_keras --recipe fast --data-dir ../shared/data/cifar10
+    python benchmarks/time_to_accuracy.py --model cct_4_3x2_32 --recipe fast --data-dir ../shared/data/cifar10
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cct.training import RunConfig, get_recipe, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="cct_keras")
+    parser.add_argument("--model", default="cct_4_3x2_32")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--epochs", type=int)
