@@ -1,7 +1,8 @@
 """Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
 (fp32, eager, contiguous memory, unfused AdamW), measured in the same run, with the fraction of this
 machine's measured matmul peak. Inference runs `cct.evaluation.predict_logits`, the path of `cct evaluate`
-and `Classifier`, on a model prepared for inference (in bf16, its weights cast once). With `keras` installed (the `bench` extra) it times the identical Keras model.
+and `Classifier`, on a model prepared for inference (in bf16, its weights cast once). With `keras` installed
+(the `bench` extra) it times the identical Keras model.
 
     python benchmarks/throughput.py [--models cct_keras cct_7_3x1_32] [--steps 20]
 """
@@ -69,7 +70,6 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    step()
     return best_rate(step, batch, ROUNDS, steps)
 
 

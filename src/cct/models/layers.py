@@ -173,7 +173,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        if torch.is_autocast_enabled(x.device.type):  # cast once for the three projections, not in each
+        # cast once for the three projections, not in each (a CCT's stream is already 16-bit under autocast
+        # on the CPU; CUDA's autocast hands LayerNorm outputs over in fp32)
+        if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         q, k, v = (proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
