@@ -122,9 +122,8 @@ classifier over {c.num_classes} classes.
 
 ## Training and evaluation data
 
-{dataset}: the first {summary['train_images']:,} training images trained the model, the
-last {r.val_size:,} chose the best epoch ({summary['best_epoch']} of {r.epochs}) by validation accuracy, and
-the {summary['test_images']:,} test images were used once, for the results below.
+{dataset}: {_data_use(r, summary)}, and the {summary['test_images']:,} test images were used once, for the
+results below.
 
 ## Training procedure
 
@@ -171,3 +170,11 @@ classifier = cct.Classifier(model)
 print(classifier.predict("photo.jpg"))
 ```
 """
+
+
+def _data_use(r, summary: dict) -> str:
+    if not r.val_size:
+        return f"all {summary['train_images']:,} training images trained the model (the last epoch is kept)"
+    return (f"the first {summary['train_images']:,} training images trained the model, the last {r.val_size:,} "
+            f"chose the best epoch ({summary['best_epoch']} of {r.epochs}) by validation accuracy")
+

@@ -22,10 +22,11 @@ def _save(fig, path: Path) -> None:
 
 
 def plot_training_curves(rows: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and validation, from the rows of metrics.csv."""
+    """Loss and accuracy per epoch, train and validation (when the run had a validation set), from the rows of
+    metrics.csv."""
     epochs = [int(r["epoch"]) for r in rows]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for split in ("train", "val"):
+    for split in ("train", "val") if all(r.get("val_acc") not in (None, "") for r in rows) else ("train",):
         loss_ax.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], marker=".", label=split)
         acc_ax.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], marker=".", label=split)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")

@@ -42,6 +42,31 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert header["info"]["epoch"] == int(best_epoch)
 
 
+def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_is_kept(tmp_path, capsys):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    recipe = _tiny_recipe(val_size=0, lr=3e-3)
+    out, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe, out=str(tmp_path / "run")))
+    printed = capsys.readouterr().out
+    assert "train 16 | val 0 |" in printed and "val loss" not in printed and "last epoch | test top-1" in printed
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [(r["epoch"], r["val_acc"]) for r in rows] == [("1", ""), ("2", "")]
+    assert Image.open(out / "training-curves.png").size[0] > 600
+    model, header = load_checkpoint(out)
+    assert (header["info"]["epoch"], header["info"]["val_acc"]) == (2, None)
+    last, _ = load_checkpoint(out / "last.safetensors")
+    assert all(torch.equal(v, last.state_dict()[k]) for k, v in model.state_dict().items())
+    assert main(["evaluate", "-c", str(out), "--dataset", str(data)]) == 0
+    assert f"top-1 {result.top1:.2%}" in capsys.readouterr().out
+
+
+def test_a_validation_set_must_leave_training_images(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    for val_size in (-1, 16):
+        with pytest.raises(cct.CCTError, match=f"val_size {val_size}: must be at least 0 and leave training images"):
+            train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(val_size=val_size),
+                            out=str(tmp_path / "run")))
+
+
 def test_a_recipe_sets_the_model_regularisation_and_model_args_override_it(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     recipe = _tiny_recipe(epochs=1, dropout=0.0, stochastic_depth=0.0, attention_dropout=0.0)

@@ -99,10 +99,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)  # the same sample order on every rank
 
-    # data: the last `val_size` training images validate; all of it stays in memory as uint8
+    # data: the last `val_size` training images validate (0: none, every epoch is kept as the best); all of it
+    # stays in memory as uint8
     train_all, test = load_dataset(run.dataset, run.data_dir)
-    if recipe.val_size >= len(train_all):
-        raise CCTError(f"val_size {recipe.val_size} leaves no training images (the set has {len(train_all)})")
+    if not 0 <= recipe.val_size < len(train_all):
+        raise CCTError(f"val_size {recipe.val_size}: must be at least 0 and leave training images "
+                       f"(the set has {len(train_all)})")
     train_set = train_all.subset(slice(0, len(train_all) - recipe.val_size))
     val_set = train_all.subset(slice(len(train_all) - recipe.val_size, None))
     if recipe.limit_train:
@@ -203,26 +205,30 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                 on_epoch_end(epoch, evaluated)
             continue
 
-        val = evaluate(evaluated, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
-        _stop_unless_finite(val.loss, f"the validation of epoch {epoch}", out)
         row = {"epoch": epoch, "train_loss": loss_sum.item() / len(train_set),
-               "train_acc": correct.item() / len(train_set), "val_loss": val.loss, "val_acc": val.top1,
-               "val_top5": val.top5, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
+               "train_acc": correct.item() / len(train_set), "lr": optimizer.param_groups[0]["lr"]}
+        validated = ""
+        if len(val_set):
+            val = evaluate(evaluated, val_set, recipe.eval_batch_size, runtime, recipe.tta_flip)
+            _stop_unless_finite(val.loss, f"the validation of epoch {epoch}", out)
+            row.update(val_loss=val.loss, val_acc=val.top1, val_top5=val.top5)
+            validated = f" | val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%}"
+        row["seconds"] = time.perf_counter() - started
         rows.append(row)
-        print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
-              f"val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%} | {row['seconds']:.1f}s", flush=True)
+        print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
+              f"{validated} | {row['seconds']:.1f}s", flush=True)
         _write_metrics(out / "metrics.csv", rows)
         if board:
             for name, value in row.items():
                 if name != "epoch":
                     board.add_scalar(name.replace("_", "/", 1) if "_" in name else name, value, epoch)
             board.flush()
-        info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val.top1, "recipe": recipe.name,
+        val_acc = row.get("val_acc")
+        info = {"epoch": epoch, "dataset": run.dataset, "val_acc": val_acc, "recipe": recipe.name,
                 "tta_flip": recipe.tta_flip}
         save_checkpoint(out / "last.safetensors", evaluated, info)
-        if val.top1 > best_acc:
-            best_acc = val.top1
+        if val_acc is None or val_acc > best_acc:
+            best_acc = val_acc
             save_checkpoint(out / "best.safetensors", evaluated, info)
         save_progress(epoch + 1, 0, 0.0)
         ranks.barrier()
@@ -243,8 +249,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         board.add_scalar("test/top1", result.top1, summary["best_epoch"])
         board.add_scalar("test/top5", result.top5, summary["best_epoch"])
         board.close()
-    print(f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%}) | test top-1 {result.top1:.2%} "
-          f"top-5 {result.top5:.2%} on {len(test):,} images")
+    chosen = f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%})" if len(val_set) else "last epoch"
+    print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
     ranks.close()
     return out, result
 
