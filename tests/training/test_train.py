@@ -58,7 +58,8 @@ def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_i
     assert main(["evaluate", "-c", str(out), "--dataset", str(data)]) == 0
     assert f"top-1 {result.top1:.2%}" in capsys.readouterr().out
     assert main(["card", str(out)]) == 0
-    assert "all 16 training images trained the model (the last epoch is kept)" in (out / "card" / "README.md").read_text()
+    card = (out / "card" / "README.md").read_text()
+    assert "all 16 training images trained the model (the last epoch is kept)" in card
 
 
 def test_a_validation_set_must_leave_training_images(tmp_path):
