@@ -177,4 +177,3 @@ def _data_use(r, summary: dict) -> str:
         return f"all {summary['train_images']:,} training images trained the model (the last epoch is kept)"
     return (f"the first {summary['train_images']:,} training images trained the model, the last {r.val_size:,} "
             f"chose the best epoch ({summary['best_epoch']} of {r.epochs}) by validation accuracy")
-
