@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import cct
+from cct.cli import key_value
 from cct.data import load_dataset
 from cct.evaluation import evaluate
 from cct.runtime import Runtime
@@ -23,12 +23,14 @@ def main() -> None:
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--recipe-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the recipe, as `cct train --recipe-arg` does")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.78, 0.80])
     parser.add_argument("--out", default="runs/time-to-accuracy")
     args = parser.parse_args()
 
     recipe = get_recipe(args.recipe)
-    recipe = replace(recipe, epochs=args.epochs or recipe.epochs)
+    recipe = recipe.with_overrides({"epochs": args.epochs or recipe.epochs, **dict(args.recipe_arg)})
     _, test = load_dataset("cifar10", args.data_dir)
     runtime = Runtime().resolve()
     started = time.perf_counter()

@@ -176,7 +176,7 @@ def _convert_keras(args: argparse.Namespace) -> None:
     print(f"{args.weights} -> {out}")
 
 
-def _model_arg(text: str) -> tuple[str, object]:
+def key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, help="train on the first N training images only")
     p.add_argument("--limit-test", type=int, help="test on a fixed random N of the test images")
     p.add_argument("--val-size", type=int, help="the last N training images validate")
-    p.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the model config, e.g. --model-arg positional_embedding=sine")
-    p.add_argument("--recipe-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--recipe-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the recipe (see `cct recipes`), e.g. --recipe-arg ema_decay=0.999")
     p.add_argument("--nproc", type=int, default=1, help="train in N processes (torchrun on this machine)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",

@@ -127,6 +127,25 @@ def test_positional_embeddings(embedding):
     assert logits.shape == (3, 10)
 
 
+def test_other_image_sizes_get_resampled_or_recomputed_position_tables():
+    model = cct.create_model("cct_4_3x2_32")  # an 8 x 8 token grid
+    assert model.position_table(64) is model.pos_embed
+    with torch.no_grad():
+        model.pos_embed.copy_(torch.linspace(-1, 1, 8).view(1, 8, 1, 1).expand(1, 8, 8, 128).reshape(1, 64, 128))
+    small = model.position_table(16).view(4, 4, 128)  # 16 x 16 images: a 4 x 4 grid
+    assert torch.allclose(small[:, 0], small[:, 3]) and torch.allclose(small[0], small[0, 0].expand(4, 128))
+    rows = small[:, 0, 0]
+    assert (rows.diff() > 0).all() and -1 < rows[0] < -0.5 and 0.5 < rows[3] < 1  # the same ramp, coarser
+    model.pos_embed.data.fill_(0.25)
+    assert torch.allclose(model.position_table(144), torch.full((1, 144, 128), 0.25))  # 48 x 48 images
+    (model.position_table(16) ** 2).sum().backward()
+    assert model.pos_embed.grad.abs().sum() > 0  # training at another size trains the model's own table
+    classed = cct.create_model("vit_lite_6_4_32")  # a class token, then an 8 x 8 grid
+    assert torch.equal(classed.position_table(17)[:, 0], classed.pos_embed[:, 0])
+    sine = cct.create_model("cct_4_3x2_32_sine")
+    assert torch.allclose(sine.position_table(16)[0], sinusoidal_embedding(16, 128))
+
+
 def test_sinusoidal_table_values():
     table = sinusoidal_embedding(5, 8)
     p, i = 3, 4  # even column: sin(p / 10000^(i/dim)); odd column i+1 uses the same frequency with cos
@@ -138,8 +157,9 @@ def test_any_input_size_and_class_count():
     model = cct.create_model("cct_7_3x1_32", num_classes=100, img_size=48)
     assert model(torch.rand(2, 3, 48, 48)).shape == (2, 100)
     assert model.num_tokens == 48 * 48 // 4
-    with pytest.raises(ValueError, match="48x48"):
-        model(torch.rand(1, 3, 32, 32))
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 100)  # its position table resampled to 16 x 16 tokens
+    with pytest.raises(ValueError, match=r"built for 48x48 images \(576 tokens\); got 384 tokens, not a square grid"):
+        model(torch.rand(1, 3, 48, 32))
     free = cct.create_model("cvt_7_4_32", positional_embedding="none", num_classes=7)
     assert free(torch.rand(1, 3, 64, 64)).shape == (1, 7)
 

@@ -5,7 +5,7 @@ import pytest
 from cct.cli import main
 from cct.errors import CCTError
 from cct.training import RECIPES, Recipe, get_recipe
-from cct.training.loop import lr_multiplier
+from cct.training.loop import epoch_image_size, lr_multiplier
 
 
 def test_keras_example_is_the_seed_recipe():
@@ -75,3 +75,14 @@ def test_cct_recipes_lists_every_recipe_in_full(capsys):
 def test_unknown_recipe():
     with pytest.raises(CCTError, match="unknown recipe 'nope'"):
         get_recipe("nope")
+
+
+def test_progressive_resize_stages_from_json_lists_and_epoch_sizes():
+    recipe = get_recipe("fast").with_overrides({"progressive_resize": [[16, 2], [24, 3]]})
+    assert recipe.progressive_resize == ((16, 2), (24, 3))
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert [epoch_image_size(recipe, e, 32) for e in range(1, 8)] == [16, 16, 24, 24, 24, 32, 32]
+    assert epoch_image_size(get_recipe("keras-example"), 1, 32) == 32
+    for bad in ([16, 2], [[16]], [[0, 2]], [[16, 2.5]]):
+        with pytest.raises(CCTError, match=r"recipe field progressive_resize: expected \[\[size, epochs\], \.\.\.\]"):
+            get_recipe("fast").with_overrides({"progressive_resize": bad})

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import cct
 from cct.cli import main
 from cct.inference import Classifier
-from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from cct.training import RECIPES, Recipe, RunConfig, load_checkpoint, train
 from tests.helpers import write_color_dataset
 
 
@@ -28,7 +28,7 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
         "best.json", "best.safetensors", "config.json", "last.json", "last.safetensors", "metrics.csv",
         "state.safetensors", "test.json", "training-curves.png"]
     saved = json.loads((out / "config.json").read_text())
-    assert saved["recipe"] == run.recipe.to_dict() | {"betas": list(run.recipe.betas)}
+    assert Recipe.from_dict(saved["recipe"]) == run.recipe
     assert saved["model_config"]["class_names"] == ["blue", "red"]
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -60,6 +60,23 @@ def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_i
     assert main(["card", str(out)]) == 0
     card = (out / "card" / "README.md").read_text()
     assert "all 16 training images trained the model (the last epoch is kept)" in card
+
+
+def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    seen: list[list[int]] = [[]]
+
+    def record(module, inputs, output):
+        if isinstance(module, cct.CCT) and module.training:
+            seen[-1].append(inputs[0].shape[-1])
+
+    recipe = _tiny_recipe(epochs=3, val_size=0, progressive_resize=((16, 1), (24, 1)))
+    with torch.nn.modules.module.register_module_forward_hook(record):
+        out, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe,
+                                      out=str(tmp_path / "run")), on_epoch_end=lambda epoch, model: seen.append([]))
+    assert seen == [[16, 16], [24, 24], [32, 32], []]  # two steps of 8 images an epoch
+    assert result.top1 >= 0.9
+    assert json.loads((out / "config.json").read_text())["recipe"]["progressive_resize"] == [[16, 1], [24, 1]]
 
 
 def test_a_validation_set_must_leave_training_images(tmp_path):

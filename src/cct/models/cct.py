@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .layers import (ConvTokenizer, Dropout, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
-                     sinusoidal_embedding)
+                     resample_position_grid, sinusoidal_embedding)
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,23 @@ class CCT(nn.Module):
         if self.class_token is not None:
             x = torch.cat([self.class_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
         if self.pos_embed is not None:
-            if x.shape[1] != self.pos_embed.shape[1]:
-                raise ValueError(f"{self.config.name} was built for {self.config.img_size}x{self.config.img_size} "
-                                 f"images ({self.pos_embed.shape[1]} tokens); got {x.shape[1]} tokens")
-            x = x + self.pos_embed.to(x.dtype)
+            x = x + self.position_table(x.shape[1]).to(x.dtype)
         return self.norm(self.blocks(self.dropout(x)))
+
+    def position_table(self, num_tokens: int) -> torch.Tensor:
+        """The positions of `num_tokens` tokens, (1, num_tokens, D): the model's own table for images of its
+        img_size; for other square images the sine table of that length, or the learned table resampled to
+        the smaller or larger token grid (as progressive resizing in training needs)."""
+        if num_tokens == self.pos_embed.shape[1]:
+            return self.pos_embed
+        if self.config.positional_embedding == "sine":
+            return sinusoidal_embedding(num_tokens, self.config.embed_dim)[None].to(self.pos_embed.device)
+        prefix = int(self.class_token is not None)
+        table = resample_position_grid(self.pos_embed, num_tokens - prefix, prefix)
+        if table is None:
+            raise ValueError(f"{self.config.name} was built for {self.config.img_size}x{self.config.img_size} "
+                             f"images ({self.pos_embed.shape[1]} tokens); got {num_tokens} tokens, not a square grid")
+        return table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokens(x)

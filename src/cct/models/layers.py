@@ -5,6 +5,8 @@ Shapes: B batch, C channels, H x W image, N tokens, D embedding width.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -145,6 +147,18 @@ def sinusoidal_embedding(num_tokens: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = table[:, 0::2].sin()
     table[:, 1::2] = table[:, 1::2].cos()
     return table.float()
+
+
+def resample_position_grid(table: torch.Tensor, num_tokens: int, prefix: int = 0) -> torch.Tensor | None:
+    """A learned position table (1, prefix + S * S, D) for a square S x S token grid, resampled (bicubic, with
+    antialiasing when shrinking, as timm does) to (1, prefix + num_tokens, D) for a square grid of `num_tokens`
+    tokens; the first `prefix` rows (a class token's) are kept. None when either grid is not square."""
+    side, new_side = math.isqrt(table.shape[1] - prefix), math.isqrt(num_tokens)
+    if side * side != table.shape[1] - prefix or new_side * new_side != num_tokens:
+        return None
+    grid = table[:, prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", antialias=new_side < side, align_corners=False)
+    return torch.cat([table[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
 
 
 class Attention(nn.Module):

@@ -81,6 +81,16 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int):
     return factor
 
 
+def epoch_image_size(recipe: Recipe, epoch: int, full: int) -> int:
+    """The image size epoch `epoch` (from 1) trains at: a stage of recipe.progressive_resize, else `full`."""
+    end = 0
+    for size, epochs in recipe.progressive_resize:
+        end += epochs
+        if epoch <= end:
+            return size
+    return full
+
+
 def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
           resume: bool = False) -> tuple[Path, Metrics | None]:
     """Train as `run` says; returns the run folder and the test metrics of the best epoch (None on the ranks
@@ -163,6 +173,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
 
     for epoch in range(progress["epoch"], recipe.epochs + 1):
         model.train()
+        size = epoch_image_size(recipe, epoch, img_size)
         first_step = progress["step"] if epoch == progress["epoch"] else 0
         started = time.perf_counter() - (progress["seconds"] if first_step else 0.0)
         if not first_step:
@@ -175,6 +186,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         for step in bar:
             index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
             x = augment(to_model_input(train_set.images[index], device, runtime.channels_last))
+            if size != img_size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             y = targets = train_set.labels[index]
             if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
                 x, targets = mix(x, y)
