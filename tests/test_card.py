@@ -22,7 +22,8 @@ SEED_COLUMNS = ("| name | learning_rate | decay | beta_1 | beta_2 | epsilon | am
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
     data = write_color_dataset(root / "colors", per_class=16)
-    recipe = replace(RECIPES["small-cpu"], epochs=2, batch_size=8, val_size=8, warmup_epochs=1)
+    recipe = replace(RECIPES["small-cpu"], epochs=2, batch_size=8, val_size=8, warmup_epochs=1,
+                     progressive_resize=((16, 1),))
     out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe, out=str(root / "run")))
     return out
 
@@ -54,6 +55,7 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(run, tmp_path, c
         in readme
     assert f"top-1 **{expected.top1:.2%}**" in readme and "| blue |" in readme and "| red |" in readme
     assert "AutoAugment (CIFAR-10 policy)" in readme and "moving average" in readme
+    assert "progressive resizing: the first epochs trained on images resized to 16x16 for 1 epoch" in readme
     assert "](training-curves.png)" in readme and "](architecture.png)" in readme
 
 

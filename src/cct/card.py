@@ -76,6 +76,9 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
                                      (f"CutMix alpha {r.cutmix_alpha}", r.cutmix_alpha)] if on]
     notes = [f"Augmentation during training: {', '.join(augment) or 'none'}",
              f"label smoothing {r.label_smoothing}"]
+    if r.progressive_resize:
+        stages = ", then ".join(f"{size}x{size} for {n} epoch{'s' * (n > 1)}" for size, n in r.progressive_resize)
+        notes.append(f"progressive resizing: the first epochs trained on images resized to {stages}")
     if r.ema_decay:
         notes.append(f"the saved weights are an exponential moving average of the trained ones (decay {r.ema_decay})")
     if r.tta_flip:
