@@ -32,7 +32,7 @@ class Recipe:
     auto_augment: bool = False  # AutoAugment, CIFAR-10 policy
     rand_augment: tuple[int, float, float] | None = None  # RandAugment (num_ops, magnitude of 30, magnitude std)
     random_erasing: float = 0.0  # probability
-    # progressive resizing: ((size, epochs), ...): the first epochs train on images resized down to `size`
+    # progressive resizing: ((size, epochs), ...): the first epochs train on images resized to `size` x `size`
     # pixels, stage after stage; the rest at the dataset's size
     progressive_resize: tuple[tuple[int, int], ...] = ()
     mixup_alpha: float = 0.0  # 0: off
