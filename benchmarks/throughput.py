@@ -1,8 +1,8 @@
 """Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
-(fp32, eager, contiguous memory, unfused AdamW), measured in the same run, with the fraction of this
-machine's measured matmul peak. Inference runs `cct.evaluation.predict_logits`, the path of `cct evaluate`
-and `Classifier`, on a model prepared for inference (in bf16, its weights cast once). With `keras` installed
-(the `bench` extra) it times the identical Keras model.
+(fp32, eager, contiguous memory, unfused AdamW and inference), measured in the same run, with the fraction
+of this machine's measured matmul peak. Inference runs `cct.evaluation.predict_logits`, the path of
+`cct evaluate` and `Classifier`, on a model prepared for inference (ours: in bf16, its weights cast once,
+through oneDNN Graph). With `keras` installed (the `bench` extra) it times the identical Keras model.
 
     python benchmarks/throughput.py [--models cct_keras cct_7_3x1_32] [--steps 20]
 """
@@ -20,7 +20,8 @@ import cct
 from cct.runtime import Runtime
 
 ROUNDS = 3
-BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False)
+BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False,
+                   fused_inference=False)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:

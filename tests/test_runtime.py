@@ -1,9 +1,11 @@
+import copy
+
 import pytest
 import torch
 
 import cct
 from cct.evaluation import predict_logits, to_model_input
-from cct.runtime import OneDNNBlocked, Runtime
+from cct.runtime import FusedInference, Runtime
 
 
 def test_resolve_makes_every_choice_concrete():
@@ -57,29 +59,45 @@ def test_test_time_flip_averages_an_image_and_its_mirror():
     assert torch.allclose(both, expected, atol=1e-5)
 
 
-def test_frozen_bf16_model_runs_in_bf16_with_a_blocked_tokenizer_and_keeps_the_logits():
+def test_frozen_bf16_model_runs_fused_in_bf16_and_keeps_the_logits():
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     full = predict_logits(cct.create_model("cct_keras", pretrained="cifar10"), images)
     runtime = Runtime(device="cpu", precision="bf16").resolve()
     model = runtime.prepare(cct.create_model("cct_keras", pretrained="cifar10").eval(), frozen=True)
+    assert isinstance(model, FusedInference) and model.config.name == "cct_2_3x2_32_keras"
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert isinstance(model.tokenizer.stages, OneDNNBlocked)
-    low = predict_logits(model, images, runtime=runtime)
-    assert low.dtype == torch.float32 and not torch.equal(low, full)
-    assert (low - full).abs().max() < 0.05 * full.abs().max()
-    assert torch.equal(low.argmax(1), full.argmax(1))
+    for _ in range(3):  # TorchScript optimises (and oneDNN compiles) the graph on the second call
+        low = predict_logits(model, images, runtime=runtime)
+        assert low.dtype == torch.float32 and not torch.equal(low, full)
+        assert (low - full).abs().max() < 0.05 * full.abs().max()
+        assert torch.equal(low.argmax(1), full.argmax(1))
+    assert [type(g) for g in model.graphs.values()] == [torch.jit.RecursiveScriptModule]
 
 
-def test_frozen_bf16_tokenizer_stays_dense_where_onednn_cannot_pool():
+def test_fused_fp32_inference_matches_eager_for_every_batch_and_image_size():
     torch.manual_seed(0)
-    model = cct.create_model("cct_keras", img_size=30).eval()  # the second stage pools an odd-sized 13x13 map
-    images = torch.randint(0, 256, (4, 3, 30, 30), dtype=torch.uint8)
-    full = predict_logits(model, images)
-    runtime = Runtime(device="cpu", precision="bf16").resolve()
-    runtime.prepare(model, frozen=True)
-    assert isinstance(model.tokenizer.stages, torch.nn.Sequential)
-    low = predict_logits(model, images, runtime=runtime)
-    assert (low - full).abs().max() < 0.05 * full.abs().max()
+    eager = cct.create_model("cct_keras").eval()
+    runtime = Runtime(device="cpu", precision="fp32").resolve()
+    fused = runtime.prepare(copy.deepcopy(eager), frozen=True)
+    for size, batch in [(32, 8), (32, 8), (32, 8), (32, 3), (32, 1), (22, 5), (22, 5), (22, 5)]:
+        images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        out = predict_logits(fused, images, runtime=runtime)
+        assert out.shape == (batch, 10)
+        assert torch.allclose(out, predict_logits(eager, images), atol=1e-4)
+    # oneDNN Graph cannot compile the 22x22 graph (its resampled position table): that size ran eager
+    assert isinstance(fused.graphs[(3, 32, 32), (1, 96, 3), torch.float32], torch.jit.RecursiveScriptModule)
+    assert fused.graphs[(3, 22, 22), (1, 66, 3), torch.float32] is fused.model
+
+
+def test_fused_inference_reports_bad_images_as_eager_does():
+    runtime = Runtime(device="cpu", precision="fp32").resolve()
+    model = cct.create_model("cct_keras").eval()
+    with pytest.raises(RuntimeError) as eager:
+        model(torch.rand(2, 4, 32, 32))
+    fused = runtime.prepare(model, frozen=True)
+    with pytest.raises(RuntimeError, match="must match the size of tensor b \\(3\\)") as error:
+        fused(torch.rand(2, 4, 32, 32))
+    assert str(error.value) == str(eager.value)
 
 
 def test_channels_last_off_gives_contiguous_inputs():

@@ -39,8 +39,10 @@ class Classifier:
     """
 
     def __init__(self, model: CCT, runtime: Runtime | None = None):
+        """`model` runs as it is, or prepared for inference by a resolved `runtime` (`Runtime.prepare`, frozen)."""
         self.model = model.eval()
         self.runtime = runtime
+        self.forward = runtime.prepare(model, frozen=True) if runtime else model
         names = list(model.config.class_names)
         self.classes = names if len(names) == model.config.num_classes else [str(i) for i in
                                                                               range(model.config.num_classes)]
@@ -53,7 +55,7 @@ class Classifier:
         from .pretrained import from_pretrained
 
         runtime = Runtime(device=device, precision=precision).resolve()
-        return cls(runtime.prepare(from_pretrained(source, runtime.torch_device), frozen=True), runtime)
+        return cls(from_pretrained(source, runtime.torch_device), runtime)
 
     def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
         """(N, 3, size, size) uint8 and whether a single image was given."""
@@ -64,7 +66,7 @@ class Classifier:
 
     def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
         images, single = self.to_batch(inputs)
-        probabilities = predict_logits(self.model, images, runtime=self.runtime).softmax(dim=1)
+        probabilities = predict_logits(self.forward, images, runtime=self.runtime).softmax(dim=1)
         top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
         predictions = [Prediction([self.classes[i] for i in idx.tolist()], p.tolist())
                        for p, idx in zip(top.values, top.indices)]
