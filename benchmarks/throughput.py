@@ -1,8 +1,9 @@
 """Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
-(fp32, eager, contiguous memory, unfused AdamW and inference), measured in the same run, with the fraction
-of this machine's measured matmul peak. Inference runs `cct.evaluation.predict_logits`, the path of
-`cct evaluate` and `Classifier`, on a model prepared for inference (ours: in bf16, its weights cast once,
-through oneDNN Graph). With `keras` installed (the `bench` extra) it times the identical Keras model.
+(fp32, eager, contiguous memory, unfused AdamW and inference, glibc's default allocator settings), measured
+in the same run, with the fraction of this machine's measured matmul peak. Inference runs
+`cct.evaluation.predict_logits`, the path of `cct evaluate` and `Classifier`, on a model prepared for
+inference (ours: in bf16, its weights cast once, through oneDNN Graph). With `keras` installed (the `bench`
+extra) it times the identical Keras model.
 
     python benchmarks/throughput.py [--models cct_keras cct_7_3x1_32] [--steps 20]
 """
@@ -21,7 +22,7 @@ from cct.runtime import Runtime
 
 ROUNDS = 3
 BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False,
-                   fused_inference=False)
+                   fused_inference=False, keep_freed_memory=False)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
@@ -114,39 +115,41 @@ def main() -> None:
     parser.add_argument("--keras-backend", default="tensorflow", help="backend for the Keras model")
     args = parser.parse_args()
 
-    ours = Runtime()
-    variants = {"baseline": BASELINE, "ours": ours}
+    variants = {"baseline": BASELINE, "ours": Runtime()}
     if args.compile:
         variants["ours+compile"] = Runtime(compile=True)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    resolved = ours.resolve()
-    print(f"torch {torch.__version__} | {torch.get_num_threads()} threads | ours: {resolved}")
+    print(f"torch {torch.__version__} | {BASELINE.resolve().threads} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    for name in args.models:
-        model = cct.create_model(name)
-        flops = 2 * cct.count_macs(model, include_attention=True)  # forward FLOPs per image; training is ~3x
-        print(f"\n{name}: {cct.count_parameters(model):,} parameters, {flops / 1e6:.0f} MFLOP forward per image")
-        rates = {}
-        for label, runtime in variants.items():
-            precision = runtime.resolve().precision
-            top = peak["bf16" if precision == "bf16" else "fp32"]
+    flops = {name: 2 * cct.count_macs(cct.create_model(name), include_attention=True) for name in args.models}
+    rates = {}
+    # the baseline goes first for every model: ours changes the process-wide allocator (keep_freed_memory)
+    for label, runtime in variants.items():
+        resolved = runtime.resolve()
+        print(f"\n{label}: {resolved}")
+        top = peak["bf16" if resolved.precision == "bf16" else "fp32"]
+        for name in args.models:
             train = training_rate(name, runtime, args.batch, args.steps)
             infer = inference_rate(name, runtime, 256, args.steps)
-            rates[label] = (train, infer)
-            print(f"  {label:<13} train {train:8.0f} img/s ({3 * flops * train / 1e9 / top:5.1%} of {precision} peak)"
-                  f" | inference {infer:8.0f} img/s ({flops * infer / 1e9 / top:5.1%})")
-        for label in rates:
+            rates[name, label] = (train, infer)
+            print(f"  {name:<13} train {train:8.0f} img/s ({3 * flops[name] * train / 1e9 / top:5.1%} of "
+                  f"{resolved.precision} peak) | inference {infer:8.0f} img/s ({flops[name] * infer / 1e9 / top:5.1%})")
+    for name in args.models:
+        parameters = cct.count_parameters(cct.create_model(name))
+        print(f"\n{name}: {parameters:,} parameters, {flops[name] / 1e6:.0f} MFLOP forward per image")
+        base = rates[name, "baseline"]
+        for label in variants:
             if label != "baseline":
-                print(f"  {label} / baseline: train x{rates[label][0] / rates['baseline'][0]:.2f}, "
-                      f"inference x{rates[label][1] / rates['baseline'][1]:.2f}")
+                train, infer = rates[name, label]
+                print(f"  {label} / baseline: train x{train / base[0]:.2f}, inference x{infer / base[1]:.2f}")
         if name in ("cct_keras", "cct_2_3x2_32_keras"):
             keras = keras_rates(args.keras_backend, args.batch, args.steps)
             if keras is None:
                 print("  keras: not installed (pip install -e '.[bench]' to time the Keras model)")
             else:
                 print(f"  keras/{args.keras_backend:<6} train {keras[0]:8.0f} img/s | inference {keras[1]:8.0f} img/s")
-                print(f"  ours / keras: train x{rates['ours'][0] / keras[0]:.2f}, "
-                      f"inference x{rates['ours'][1] / keras[1]:.2f}")
+                print(f"  ours / keras: train x{rates[name, 'ours'][0] / keras[0]:.2f}, "
+                      f"inference x{rates[name, 'ours'][1] / keras[1]:.2f}")
 
 
 if __name__ == "__main__":

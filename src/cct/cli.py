@@ -41,7 +41,8 @@ def _train(args: argparse.Namespace) -> None:
     recipe = get_recipe(args.recipe).with_overrides(
         {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.recipe_arg)})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, fused_optimizer=args.fused_optimizer, threads=args.threads)
+                      compile=args.compile, fused_optimizer=args.fused_optimizer,
+                      keep_freed_memory=args.keep_freed_memory, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
                     runtime=runtime, checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
                     model_args=dict(args.model_arg)))
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc keeps freed blocks for reuse instead of faulting fresh pages in each step")
     p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
