@@ -91,7 +91,7 @@ class FusedInference(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.graphs: dict[tuple, torch.jit.ScriptModule] = {}
+        self.graphs: dict[tuple, torch.nn.Module] = {}  # a traced graph, or the model where oneDNN fails
         torch.jit.enable_onednn_fusion(True)
 
     @property
@@ -118,8 +118,8 @@ class FusedInference(torch.nn.Module):
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed blocks of up to 32 MiB for reuse. By default it hands large blocks back
     to the OS, and each CPU training step of the seed model then faults ~8,000 fresh pages in for its
-    activations and gradients (a third of a second of system time per 100 steps at batch 128, ~5% of the
-    step); jemalloc or tcmalloc, preloaded, do the same. True where it applied (glibc)."""
+    activations and gradients (~17 ms of system time a step at batch 128; training ran ~5% faster without);
+    jemalloc or tcmalloc, preloaded, do the same. True where it applied (glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
