@@ -122,7 +122,7 @@ def test_under_bf16_autocast_the_encoder_stream_is_bf16(name):
 
 
 FAULTS = """
-import resource, sys, torch, torch.nn.functional as F
+import resource, statistics, sys, torch, torch.nn.functional as F
 import cct
 from cct.runtime import keep_freed_memory
 applied = sys.argv[1] == "keep" and keep_freed_memory()
@@ -136,16 +136,21 @@ def step():
     optimizer.step()
 for _ in range(5):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step(), step(), step()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+faults = []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, statistics.median(faults), sum(faults))
 """
 
 
 def test_keep_freed_memory_stops_page_faults_in_training_steps():
     runs = {mode: subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
-            for mode in ("default", "keep")}
-    (_, default_faults), (applied, kept_faults) = ((a, int(n)) for a, n in (runs[m].stdout.split() for m in runs))
-    assert applied == "True"
-    assert default_faults > 1000  # pages faulted in afresh each step for activations and gradients
-    assert kept_faults < default_faults / 4  # (measured: ~10,000 against 300-1,400)
+            .stdout.split() for mode in ("default", "keep")}
+    assert runs["keep"][0] == "True"
+    (_, default_total), (kept_median, kept_total) = (map(float, runs[m][1:]) for m in ("default", "keep"))
+    # fresh pages faulted in over 10 steps, measured: 37,000-162,000 by default (the median step 240-17,000),
+    # 3-4,600 kept (the median step 0-1; the heap still grows now and then)
+    assert default_total > 20000 and kept_total < default_total / 4
+    assert kept_median < 50
