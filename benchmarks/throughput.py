@@ -121,7 +121,8 @@ def main() -> None:
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(f"torch {torch.__version__} | {BASELINE.resolve().threads} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
-    flops = {name: 2 * cct.count_macs(cct.create_model(name), include_attention=True) for name in args.models}
+    models = {name: cct.create_model(name) for name in args.models}
+    flops = {name: 2 * cct.count_macs(model, include_attention=True) for name, model in models.items()}
     rates = {}
     # the baseline goes first for every model: ours changes the process-wide allocator (keep_freed_memory)
     for label, runtime in variants.items():
@@ -135,8 +136,8 @@ def main() -> None:
             print(f"  {name:<13} train {train:8.0f} img/s ({3 * flops[name] * train / 1e9 / top:5.1%} of "
                   f"{resolved.precision} peak) | inference {infer:8.0f} img/s ({flops[name] * infer / 1e9 / top:5.1%})")
     for name in args.models:
-        parameters = cct.count_parameters(cct.create_model(name))
-        print(f"\n{name}: {parameters:,} parameters, {flops[name] / 1e6:.0f} MFLOP forward per image")
+        print(f"\n{name}: {cct.count_parameters(models[name]):,} parameters, {flops[name] / 1e6:.0f} MFLOP forward "
+              "per image")
         base = rates[name, "baseline"]
         for label in variants:
             if label != "baseline":

@@ -117,9 +117,9 @@ class FusedInference(torch.nn.Module):
 
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed blocks of up to 32 MiB for reuse. By default it hands large blocks back
-    to the OS, and each CPU training step of the seed model then faults ~8,000 fresh pages in for its
-    activations and gradients (~17 ms of system time a step at batch 128; training ran ~5% faster without);
-    jemalloc or tcmalloc, preloaded, do the same. True where it applied (glibc)."""
+    to the OS, and each CPU training step of the seed model then faulted 5,000-12,000 fresh pages in for its
+    activations and gradients (~17 ms of system time a step at batch 128; training ran ~5% faster once
+    they were gone); jemalloc or tcmalloc, preloaded, do the same. True where it applied (glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
