@@ -25,21 +25,31 @@ BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_o
                    fused_inference=False, keep_freed_memory=False)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
-    """Measured GFLOP/s of a square matmul."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
+    """Measured GFLOP/s of a square matmul on `device`."""
+    n, repeat = (8192, 50) if device.type == "cuda" else (2048, 10)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(repeat):
         a @ b
+    synchronize(device)
     return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
 
 
-def best_rate(fn, items: int, rounds: int, steps: int = 1, budget_s: float = 30.0) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_rate(fn, items: int, rounds: int, steps: int = 1, budget_s: float = 30.0,
+              device: torch.device = torch.device("cpu")) -> float:
     """Items/s of `fn`, which handles `items` per call: the best of `rounds` rounds of `steps` calls (fewer,
     at least 2, once a round has spent budget_s / rounds), after one warmup call. Best-of-rounds, as timeit
     does, for every contender alike: this shared machine's speed drifts by up to a third between runs."""
     fn()
+    synchronize(device)
     best = 0.0
     for _ in range(rounds):
         started = time.perf_counter()
@@ -47,8 +57,7 @@ def best_rate(fn, items: int, rounds: int, steps: int = 1, budget_s: float = 30.
         while done < steps and (done < min(2, steps) or time.perf_counter() - started < budget_s / rounds):
             fn()
             done += 1
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+        synchronize(device)
         best = max(best, items * done / (time.perf_counter() - started))
     return best
 
@@ -61,7 +70,8 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-7, weight_decay=1e-4,
                                   fused=runtime.fused_optimizer or None)
     size = model.config.img_size
-    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    # on the compute device, as `cct train` keeps the whole dataset
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=runtime.torch_device)
     labels = torch.randint(0, model.config.num_classes, (batch,), device=runtime.torch_device)
 
     def step():
@@ -72,7 +82,7 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return best_rate(step, batch, ROUNDS, steps)
+    return best_rate(step, batch, ROUNDS, steps, device=runtime.torch_device)
 
 
 def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
@@ -81,12 +91,13 @@ def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float
     forward = runtime.prepare(model, frozen=True)
     size = model.config.img_size
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
-    return best_rate(lambda: cct.evaluation.predict_logits(forward, images, batch, runtime), batch, ROUNDS, steps)
+    return best_rate(lambda: cct.evaluation.predict_logits(forward, images, batch, runtime), batch, ROUNDS, steps,
+                     device=runtime.torch_device)
 
 
-def keras_rates(backend: str, batch: int, steps: int) -> tuple[float, float] | None:
+def keras_rates(backend: str, batch: int, infer_batch: int, steps: int) -> tuple[float, float, str] | None:
     """Training and inference images/s of the keras.io CCT built with Keras 3 (the example's optimiser and
-    loss), or None without keras."""
+    loss) and the device Keras ran it on, or None without keras."""
     os.environ["KERAS_BACKEND"] = backend
     try:
         import keras
@@ -102,15 +113,16 @@ def keras_rates(backend: str, batch: int, steps: int) -> tuple[float, float] | N
     x = np.random.randint(0, 256, (batch * steps, 32, 32, 3)).astype("float32")
     y = np.eye(10, dtype="float32")[np.random.randint(0, 10, batch * steps)]
     train = best_rate(lambda: model.fit(x, y, batch_size=batch, verbose=0), len(x), ROUNDS)
-    infer = best_rate(lambda: model.predict(x, batch_size=256, verbose=0), len(x), ROUNDS)
-    return train, infer
+    infer = best_rate(lambda: model.predict(x, batch_size=infer_batch, verbose=0), len(x), ROUNDS)
+    return train, infer, keras.distribution.list_devices()[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cct_keras", "cct_7_3x1_32"])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch", type=int, default=128, help="training batch (inference uses 256)")
+    parser.add_argument("--batch", type=int, default=128, help="training batch")
+    parser.add_argument("--infer-batch", type=int, default=256, help="inference batch")
     parser.add_argument("--compile", action="store_true", help="also time our runtime with torch.compile")
     parser.add_argument("--keras-backend", default="tensorflow", help="backend for the Keras model")
     args = parser.parse_args()
@@ -118,8 +130,9 @@ def main() -> None:
     variants = {"baseline": BASELINE, "ours": Runtime()}
     if args.compile:
         variants["ours+compile"] = Runtime(compile=True)
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"torch {torch.__version__} | {BASELINE.resolve().threads} threads")
+    device = BASELINE.resolve().torch_device
+    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
+    print(f"torch {torch.__version__} | {device} | {BASELINE.resolve().threads} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     models = {name: cct.create_model(name) for name in args.models}
     flops = {name: 2 * cct.count_macs(model, include_attention=True) for name, model in models.items()}
@@ -131,7 +144,7 @@ def main() -> None:
         top = peak["bf16" if resolved.precision == "bf16" else "fp32"]
         for name in args.models:
             train = training_rate(name, runtime, args.batch, args.steps)
-            infer = inference_rate(name, runtime, 256, args.steps)
+            infer = inference_rate(name, runtime, args.infer_batch, args.steps)
             rates[name, label] = (train, infer)
             print(f"  {name:<13} train {train:8.0f} img/s ({3 * flops[name] * train / 1e9 / top:5.1%} of "
                   f"{resolved.precision} peak) | inference {infer:8.0f} img/s ({flops[name] * infer / 1e9 / top:5.1%})")
@@ -144,11 +157,12 @@ def main() -> None:
                 train, infer = rates[name, label]
                 print(f"  {label} / baseline: train x{train / base[0]:.2f}, inference x{infer / base[1]:.2f}")
         if name in ("cct_keras", "cct_2_3x2_32_keras"):
-            keras = keras_rates(args.keras_backend, args.batch, args.steps)
+            keras = keras_rates(args.keras_backend, args.batch, args.infer_batch, args.steps)
             if keras is None:
                 print("  keras: not installed (pip install -e '.[bench]' to time the Keras model)")
             else:
-                print(f"  keras/{args.keras_backend:<6} train {keras[0]:8.0f} img/s | inference {keras[1]:8.0f} img/s")
+                print(f"  keras/{args.keras_backend:<6} train {keras[0]:8.0f} img/s | inference {keras[1]:8.0f} img/s "
+                      f"({keras[2]})")
                 print(f"  ours / keras: train x{rates[name, 'ours'][0] / keras[0]:.2f}, "
                       f"inference x{rates[name, 'ours'][1] / keras[1]:.2f}")
 

@@ -27,12 +27,13 @@ def main() -> None:
                         help="override a field of the recipe, as `cct train --recipe-arg` does")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.78, 0.80])
     parser.add_argument("--out", default="runs/time-to-accuracy")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (as cct train --compile)")
     args = parser.parse_args()
 
     recipe = get_recipe(args.recipe)
     recipe = recipe.with_overrides({"epochs": args.epochs or recipe.epochs, **dict(args.recipe_arg)})
     _, test = load_dataset("cifar10", args.data_dir)
-    runtime = Runtime().resolve()
+    runtime = Runtime(compile=args.compile).resolve()
     started = time.perf_counter()
     scoring = 0.0
     reached: dict[float, tuple[int, float, float]] = {}

@@ -27,10 +27,13 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .runtime import Runtime
+    from .runtime import Runtime, resolve_device
     from .training import RunConfig, get_recipe, train
+    from .training.distributed import require_gpus
 
     if args.nproc > 1:  # the same command under torchrun, one process per rank
+        if resolve_device(args.device).type == "cuda":
+            require_gpus(args.nproc)
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                 f"--nproc_per_node={args.nproc}", "-m", "cct", *_without_nproc(args.argv)])
     if args.resume:

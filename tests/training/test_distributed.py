@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,7 @@ import cct
 from cct.cli import main
 from cct.runtime import Runtime
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from cct.training.distributed import require_gpus
 from tests.helpers import write_color_dataset
 
 # no dropout, drop path or flips: randomness would differ between one process and two
@@ -74,3 +76,10 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch):
                  "--batch-size", "4", "--val-size", "4", "--out", str(tmp_path / "run")])
     assert code == 0
     assert (tmp_path / "run" / "test.json").is_file()
+
+
+def test_data_parallel_cuda_training_needs_a_gpu_per_process():
+    available = torch.cuda.device_count()
+    with pytest.raises(cct.CCTError, match=f"{available + 1} processes on CUDA need one GPU each, and this "
+                                           f"machine has {available}"):
+        require_gpus(available + 1)

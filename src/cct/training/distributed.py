@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import CCTError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -54,3 +56,11 @@ class Ranks:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def require_gpus(processes: int) -> None:
+    """Data-parallel training on CUDA takes one GPU per process on a machine (NCCL refuses to share one)."""
+    available = torch.cuda.device_count()
+    if processes > available:
+        raise CCTError(f"{processes} processes on CUDA need one GPU each, and this machine has {available} "
+                       f"(use --nproc {max(available, 1)}, or --device cpu)")
