@@ -92,6 +92,8 @@ class FusedInference(torch.nn.Module):
     (B, C, H, W) -> the model's output; `config` and the parameters are the model's.
     """
 
+    max_batch = 128  # larger batches run in parts: the seed model ran 7% faster in 64s or 128s than in 256s
+
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
@@ -103,6 +105,8 @@ class FusedInference(torch.nn.Module):
         return self.model.config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > self.max_batch:
+            return torch.cat([self(part) for part in x.split(self.max_batch)])
         key = (x.shape[1:], x.stride()[1:], x.dtype)
         if key not in self.graphs:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
