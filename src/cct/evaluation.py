@@ -35,7 +35,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     for start in range(0, len(images), batch_size):
         x = to_model_input(images[start:start + batch_size], device, runtime.channels_last if runtime else True)
         with autocast():
-            logits = model(x).float()
+            logits = model(x).to(torch.float32, copy=True)  # a model replaying CUDA graphs reuses its output
             if tta_flip:
                 logits = (logits + model(x.flip(-1)).float()) / 2
         out.append(logits.cpu())
