@@ -216,6 +216,15 @@ def test_dropout_zeroes_elements_at_its_rate_and_torch_seeds_decide_its_masks(p)
     assert torch.equal(layer(torch.ones(1_000_003)), first)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_dropout_masks_keep_the_input_dtype(dtype):
+    torch.manual_seed(0)
+    out = Dropout(0.1).train()(torch.ones(100_003, dtype=dtype))
+    assert out.dtype == dtype
+    assert torch.equal(out.unique(), torch.tensor([0.0, 1 / 0.9], dtype=dtype))
+    assert (out == 0).float().mean().item() == pytest.approx(0.1, abs=0.005)
+
+
 def test_sequence_pooling_is_a_softmax_weighted_sum():
     torch.manual_seed(0)
     pool = SequencePooling(8)

@@ -25,14 +25,25 @@ def random_int16(n: int, device: torch.device) -> torch.Tensor:
     return torch.randint(-2**63, 2**63 - 1, (words,), dtype=torch.int64, device=device).view(torch.int16)[:n]
 
 
+INTEGER_OF_SIZE = {2: (torch.int16, np.int16), 4: (torch.int32, np.int32), 8: (torch.int64, np.int64)}
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A dropout mask of `shape`: 0 with probability p (rounded to a multiple of 2^-16), else 1 / (1 - p).
 
     From 16-bit random integers (`random_int16`): on the CPU many times faster than torch's per-element
-    Bernoulli sampling, which otherwise takes a fifth of a CCT training step.
+    Bernoulli sampling, which otherwise takes a fifth of a CCT training step. On the CPU numpy writes the
+    mask's bit patterns (keep * the bits of 1 / (1 - p) in `dtype`) in one pass, 7x faster than casting
+    torch's boolean mask to `dtype`.
     """
     threshold = round(p * 65536) - 32768
-    return (random_int16(shape.numel(), device) >= threshold).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
+    random = random_int16(shape.numel(), device)
+    if random.device.type != "cpu":
+        return (random >= threshold).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
+    scale = torch.ones((), dtype=dtype).mul_(1.0 / (1.0 - p))  # rounded as a cast-and-multiplied mask is
+    integer, np_integer = INTEGER_OF_SIZE[scale.element_size()]
+    mask = np.multiply(random.numpy() >= threshold, scale.view(integer).item(), dtype=np_integer)
+    return torch.from_numpy(mask).view(dtype).view(shape)
 
 
 class Dropout(nn.Module):
