@@ -130,9 +130,10 @@ def main() -> None:
     variants = {"baseline": BASELINE, "ours": Runtime()}
     if args.compile:
         variants["ours+compile"] = Runtime(compile=True)
-    device = BASELINE.resolve().torch_device
-    peak = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
-    print(f"torch {torch.__version__} | {device} | {BASELINE.resolve().threads} threads")
+    baseline = BASELINE.resolve()
+    peak = {"fp32": matmul_peak(torch.float32, baseline.torch_device),
+            "bf16": matmul_peak(torch.bfloat16, baseline.torch_device)}
+    print(f"torch {torch.__version__} | {baseline.device} | {baseline.threads} threads")
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
     models = {name: cct.create_model(name) for name in args.models}
     flops = {name: 2 * cct.count_macs(model, include_attention=True) for name, model in models.items()}

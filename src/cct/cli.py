@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> None:
     from .training.distributed import require_gpus
 
     if args.nproc > 1:  # the same command under torchrun, one process per rank
-        if resolve_device(args.device).type == "cuda":
+        device = RunConfig.from_run(args.resume).runtime.device if args.resume else args.device
+        if resolve_device(device).type == "cuda":
             require_gpus(args.nproc)
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                 f"--nproc_per_node={args.nproc}", "-m", "cct", *_without_nproc(args.argv)])

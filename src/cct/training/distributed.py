@@ -25,6 +25,8 @@ class Ranks:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
+        if device_type == "cuda":
+            require_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))

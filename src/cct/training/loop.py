@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -27,7 +26,7 @@ from ..models import CCT, count_parameters, create_model, model_config
 from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import Ranks, require_gpus
+from .distributed import Ranks
 from .recipes import Recipe
 from .state import load_state, save_state
 
@@ -104,7 +103,6 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
-        require_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world)))
         runtime.device = f"cuda:{ranks.local_rank}"
         torch.cuda.set_device(runtime.torch_device)
     device = runtime.torch_device
