@@ -1,6 +1,7 @@
 """Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
-(fp32, eager, contiguous memory, unfused AdamW and inference, glibc's default allocator settings), measured
-in the same run, with the fraction of this machine's measured matmul peak. Inference runs
+(fp32, eager, contiguous memory, unfused AdamW and inference, unfolded attention, glibc's default allocator
+settings), measured in the same run, with the fraction of this machine's matmul peak (measured, against the
+model's nominal FLOPs). Inference runs
 `cct.evaluation.predict_logits`, the path of `cct evaluate` and `Classifier`, on a model prepared for
 inference (ours: in bf16, its weights cast once, through oneDNN Graph). With `keras` installed (the `bench`
 extra) it times the identical Keras model.
@@ -22,7 +23,7 @@ from cct.runtime import Runtime
 
 ROUNDS = 3
 BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False,
-                   fused_inference=False, keep_freed_memory=False)
+                   fused_inference=False, fold_attention=False, keep_freed_memory=False)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:

@@ -157,3 +157,12 @@ def test_keep_freed_memory_stops_page_faults_in_training_steps():
     # 3-4,600 kept (the median step 0-1; the heap still grows now and then)
     assert default_total > 20000 and kept_total < default_total / 4
     assert kept_median < 50
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_prepare_folds_attention_where_it_saves_work(fold):
+    keras = Runtime(device="cpu", precision="fp32", fold_attention=fold).resolve().prepare(
+        cct.create_model("cct_keras"))
+    paper = Runtime(device="cpu", fold_attention=fold).resolve().prepare(cct.create_model("cct_2_3x2_32"))
+    assert [b.attn.fold for b in keras.blocks] == [fold, fold]
+    assert not any(b.attn.fold for b in paper.blocks)

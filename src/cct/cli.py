@@ -46,7 +46,8 @@ def _train(args: argparse.Namespace) -> None:
         {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.recipe_arg)})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer,
-                      keep_freed_memory=args.keep_freed_memory, threads=args.threads)
+                      fold_attention=args.fold_attention, keep_freed_memory=args.keep_freed_memory,
+                      threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
                     runtime=runtime, checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
                     model_args=dict(args.model_arg)))
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--fold-attention", action=argparse.BooleanOptionalAction, default=True,
+                   help="attention with heads as wide as the model multiplies weights, not activations (same math)")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="glibc keeps freed blocks for reuse instead of faulting fresh pages in each step")
     p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")

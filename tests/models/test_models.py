@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -253,3 +254,32 @@ def test_attention_is_softmax_of_scaled_query_key_products_over_values(num_token
     weights = (q @ k.transpose(-2, -1) / 4).softmax(dim=-1)
     expected = attention.proj((weights @ v).transpose(1, 2).reshape(2, num_tokens, 64))
     assert torch.allclose(attention(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_folded_attention_keeps_the_outputs_and_every_gradient(qkv_bias):
+    """Exact in fp64: the folded computation's outputs and the gradients of all weights, the key bias's
+    (zero up to rounding: softmax cancels it) included."""
+    torch.manual_seed(0)
+    plain = Attention(48, num_heads=3, head_dim=64, qkv_bias=qkv_bias).double()
+    folded = copy.deepcopy(plain)
+    folded.fold = True
+    x = torch.randn(2, 20, 48, dtype=torch.float64)
+    target = torch.randn(2, 20, 48, dtype=torch.float64)
+    for module in (plain, folded):
+        out = module(x)
+        (out * target).sum().backward()
+    assert torch.allclose(folded(x), plain(x), rtol=0, atol=1e-12)
+    grads = {name: p.grad for name, p in folded.named_parameters()}
+    assert len(grads) == (8 if qkv_bias else 5) and all(g is not None for g in grads.values())
+    for name, p in plain.named_parameters():
+        assert torch.allclose(grads[name], p.grad, rtol=0, atol=1e-10), name
+    if qkv_bias:
+        assert grads["key.bias"].abs().max() < 1e-12
+
+
+def test_folding_applies_where_heads_are_as_wide_as_the_model():
+    keras = cct.create_model("cct_keras")
+    paper = cct.create_model("cct_7_3x1_32")
+    assert all(b.attn.fold_saves_work for b in keras.blocks)
+    assert not any(b.attn.fold_saves_work for b in paper.blocks)

@@ -180,8 +180,13 @@ class Attention(nn.Module):
     head_dim) kernels map onto them one to one; the authors' fused qkv weight is their concatenation):
     separate, their gradients need no stacking, which makes a CPU training step faster.
 
+    `fold` (set by `Runtime.prepare` where `fold_saves_work`): compute the same function and gradients through
+    `folded`, which multiplies weights instead of activations.
+
     (B, N, D) -> (B, N, D).
     """
+
+    fold = False
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = False,
                  attention_dropout: float = 0.0, projection_dropout: float = 0.0):
@@ -202,6 +207,8 @@ class Attention(nn.Module):
         # on the CPU; CUDA's autocast hands LayerNorm outputs over in fp32)
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.fold:
+            return self.proj_drop(self.folded(x))
         q, k, v = (proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
         if x.device.type == "cpu" and (self.training or N <= 64):
@@ -212,6 +219,46 @@ class Attention(nn.Module):
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+    @property
+    def fold_saves_work(self) -> bool:
+        """Whether `folded` takes fewer multiply-adds: per token and head it trades the four projections
+        (4 D d) for two D x D products (2 D^2) and the token products' width d for D, so it does when
+        d >= D (Keras' key_dim 128 on a width of 128: 40% fewer in the seed model's attention)."""
+        return self.head_dim >= self.query.in_features
+
+    def folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention before `proj_drop`, with each head's weights multiplied together (W_h: head h's rows
+        of a projection's weight, b_h its bias; rows are tokens):
+
+            q_h k_h^T = (x (Wk_h^T Wq_h)^T + bq_h Wk_h) x^T + (x (bk_h Wq_h)^T + bq_h . bk_h)
+            out = sum_h A_h (x (Wo_h Wv_h)^T + bv_h Wo_h^T) + bo
+
+        Equal to the unfolded computation in exact arithmetic, as the gradients of every weight are. The last
+        term of the scores is the same for every key, so softmax cancels it; it stays so that the key bias
+        gets its gradient (zero up to rounding) as in the unfolded model.
+
+        (B, N, D) -> (B, N, D).
+        """
+        B, N, D = x.shape
+        H, d = self.num_heads, self.head_dim
+        bq, bk, bv = self.query.bias, self.key.bias, self.value.bias
+        with torch.autocast(x.device.type, enabled=False):  # the products in the weights' precision
+            wq, wk, wv = (p.weight.view(H, d, D) for p in (self.query, self.key, self.value))
+            wo = self.proj.weight.view(D, H, d).transpose(0, 1)  # (H, D, d)
+            query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq.view(H, 1, d) @ wk).flatten()
+            value_out = (wo @ wv).flatten(0, 1), None if bv is None else (wo @ bv.view(H, d, 1)).flatten()
+            shift = None if bk is None else ((bk.view(H, 1, d) @ wq).view(H, D),
+                                             None if bq is None else (bq * bk).view(H, d).sum(-1))
+        # rows (token, head): (B, N * H, D) is a view of the (B, N, H * D) output
+        query_key = F.linear(x, *query_key).view(B, N * H, D)
+        scores = query_key @ x.transpose(1, 2) if shift is None else \
+            torch.baddbmm(F.linear(x, *shift).view(B, N * H, 1), query_key, x.transpose(1, 2))
+        weights = self.attn_drop((scores * self.head_dim ** -0.5).softmax(dim=-1))
+        # the sum over heads and keys as one product: (B, N, [key, head]) @ (B, [key, head], D)
+        value_out = F.linear(x, *value_out).view(B, N * H, D)
+        x = weights.view(B, N, H, N).transpose(2, 3).reshape(B, N, N * H) @ value_out
+        return x + self.proj.bias.to(x.dtype)
 
 
 class PaperEncoderBlock(nn.Module):
