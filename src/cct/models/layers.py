@@ -231,7 +231,7 @@ class Attention(nn.Module):
         """The attention before `proj_drop`, with each head's weights multiplied together (W_h: head h's rows
         of a projection's weight, b_h its bias; rows are tokens):
 
-            q_h k_h^T = (x (Wk_h^T Wq_h)^T + bq_h Wk_h) x^T + (x (bk_h Wq_h)^T + bq_h . bk_h)
+            q_h k_h^T = (x (Wk_h^T Wq_h)^T + bq_h Wk_h) x^T + (x (bk_h Wq_h)^T + bq_h . bk_h)  (Wq, bq scaled)
             out = sum_h A_h (x (Wo_h Wv_h)^T + bv_h Wo_h^T) + bo
 
         Equal to the unfolded computation in exact arithmetic, as the gradients of every weight are. The last
@@ -242,19 +242,21 @@ class Attention(nn.Module):
         """
         B, N, D = x.shape
         H, d = self.num_heads, self.head_dim
-        bq, bk, bv = self.query.bias, self.key.bias, self.value.bias
-        with torch.autocast(x.device.type, enabled=False):  # the products in the weights' precision
-            wq, wk, wv = (p.weight.view(H, d, D) for p in (self.query, self.key, self.value))
+        with torch.autocast(x.device.type, enabled=False):  # the weight products in the weights' precision
+            wq = self.query.weight.view(H, d, D) * d ** -0.5  # the scores' scale, folded in
+            bq = None if self.query.bias is None else self.query.bias.view(H, 1, d) * d ** -0.5
+            wk, bk = self.key.weight.view(H, d, D), self.key.bias
+            wv, bv = self.value.weight.view(H, d, D), self.value.bias
             wo = self.proj.weight.view(D, H, d).transpose(0, 1)  # (H, D, d)
-            query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq.view(H, 1, d) @ wk).flatten()
+            query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq @ wk).flatten()
             value_out = (wo @ wv).flatten(0, 1), None if bv is None else (wo @ bv.view(H, d, 1)).flatten()
-            shift = None if bk is None else ((bk.view(H, 1, d) @ wq).view(H, D),
-                                             None if bq is None else (bq * bk).view(H, d).sum(-1))
+            shift = None if bk is None else (
+                (bk.view(H, 1, d) @ wq).view(H, D), None if bq is None else (bq.view(H, d) * bk.view(H, d)).sum(-1))
         # rows (token, head): (B, N * H, D) is a view of the (B, N, H * D) output
         query_key = F.linear(x, *query_key).view(B, N * H, D)
         scores = query_key @ x.transpose(1, 2) if shift is None else \
             torch.baddbmm(F.linear(x, *shift).view(B, N * H, 1), query_key, x.transpose(1, 2))
-        weights = self.attn_drop((scores * self.head_dim ** -0.5).softmax(dim=-1))
+        weights = self.attn_drop(scores.softmax(dim=-1))
         # the sum over heads and keys as one product: (B, N, [key, head]) @ (B, [key, head], D)
         value_out = F.linear(x, *value_out).view(B, N * H, D)
         x = weights.view(B, N, H, N).transpose(2, 3).reshape(B, N, N * H) @ value_out
