@@ -235,8 +235,8 @@ class Attention(nn.Module):
             out = sum_h A_h (x (Wo_h Wv_h)^T + bv_h Wo_h^T) + bo
 
         Equal to the unfolded computation in exact arithmetic, as the gradients of every weight are. The last
-        term of the scores is the same for every key, so softmax cancels it; it stays so that the key bias
-        gets its gradient (zero up to rounding) as in the unfolded model.
+        term of the scores is the same for every key, so softmax cancels it; it is computed only where the key
+        bias needs its gradient (zero up to rounding, as in the unfolded model).
 
         (B, N, D) -> (B, N, D).
         """
@@ -250,7 +250,8 @@ class Attention(nn.Module):
             wo = self.proj.weight.view(D, H, d).transpose(0, 1)  # (H, D, d)
             query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq @ wk).flatten()
             value_out = (wo @ wv).flatten(0, 1), None if bv is None else (wo @ bv.view(H, d, 1)).flatten()
-            shift = None if bk is None else (
+            needs_shift = bk is not None and bk.requires_grad and torch.is_grad_enabled()
+            shift = None if not needs_shift else (
                 (bk.view(H, 1, d) @ wq).view(H, D), None if bq is None else (bq.view(H, d) * bk.view(H, d)).sum(-1))
         # rows (token, head): (B, N * H, D) is a view of the (B, N, H * D) output
         query_key = F.linear(x, *query_key).view(B, N * H, D)
