@@ -41,12 +41,13 @@ def test_unusable_device_is_a_clear_error():
 
 def test_channels_last_and_compile_keep_the_outputs():
     torch.manual_seed(0)
-    model = cct.create_model("cct_2_3x2_32").eval()
+    model = cct.create_model("cct_keras").eval()  # its attention folded, as prepare does by default
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     plain = predict_logits(model, images)
     runtime = Runtime(device="cpu", precision="fp32", channels_last=True, compile=True).resolve()
     compiled = runtime.prepare(model)
     assert model.tokenizer.stages[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.blocks[0].attn.fold
     with torch.no_grad():
         out = compiled(images.float().div(255).contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out, plain, atol=1e-4)
