@@ -53,6 +53,23 @@ def test_channels_last_and_compile_keep_the_outputs():
     assert torch.allclose(out, plain, atol=1e-4)
 
 
+def test_compiled_dropout_zeroes_elements_at_its_rate():
+    torch.manual_seed(0)  # compiled, the masks come from torch, not numpy (`cct train --compile`)
+    layer = torch.compile(cct.models.layers.Dropout(0.1).train())
+    first, second = layer(torch.ones(1_000_003)), layer(torch.ones(1_000_003))
+    assert torch.allclose(first.unique(), torch.tensor([0.0, 1 / 0.9]))
+    assert (first == 0).float().mean().item() == pytest.approx(0.1, abs=0.002)
+    assert (first != second).float().mean().item() == pytest.approx(2 * 0.1 * 0.9, abs=0.003)
+
+
+def test_compiled_drop_path_drops_whole_samples_at_its_rate():
+    torch.manual_seed(0)  # numpy's per-sample masks, traced, broke `cct train --compile` on the CPU
+    out = torch.compile(cct.models.layers.DropPath(0.25).train())(torch.ones(20_000, 3, 2)).flatten(1)
+    assert torch.allclose(out.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert (out.std(1) == 0).all()
+    assert (out[:, 0] == 0).float().mean().item() == pytest.approx(0.25, abs=0.015)
+
+
 def test_test_time_flip_averages_an_image_and_its_mirror():
     torch.manual_seed(0)
     model = cct.create_model("cct_2_3x2_32").eval()

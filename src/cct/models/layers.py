@@ -13,12 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def numpy_random(device: torch.device) -> bool:
+    """Whether random masks come from numpy: on the CPU in eager mode (torch.compile traces torch's ops, and
+    translates numpy's bit-level views wrongly)."""
+    return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
+
+
 def random_int16(n: int, device: torch.device) -> torch.Tensor:
     """`n` uniform random 16-bit integers, four from each 64-bit random number. On the CPU the numbers come
     from numpy's SFC64 generator (4x faster than torch's Mersenne Twister), seeded by one draw from torch's
     generator: torch.manual_seed and torch's saved RNG state decide them all the same."""
     words = (n + 3) // 4
-    if torch.device(device).type == "cpu":
+    if numpy_random(device):
         seed = int(torch.randint(0, 2**63 - 1, (1,)))
         raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw(words)
         return torch.from_numpy(raw.view(np.int16)[:n])
@@ -38,7 +44,7 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.dev
     """
     threshold = round(p * 65536) - 32768
     random = random_int16(shape.numel(), device)
-    if random.device.type != "cpu":
+    if not numpy_random(device):
         return (random >= threshold).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
     scale = torch.ones((), dtype=dtype).mul_(1.0 / (1.0 - p))  # rounded as a cast-and-multiplied mask is
     integer, np_integer = INTEGER_OF_SIZE[scale.element_size()]
@@ -48,7 +54,7 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.dev
 
 class Dropout(nn.Module):
     """Zero each element with probability `p` in training, scaling the others by 1 / (1 - p): with `keep_mask`
-    on the CPU, torch's fused kernel elsewhere. (...) -> (...)."""
+    where its mask comes from numpy (`numpy_random`), torch's fused kernel elsewhere. (...) -> (...)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -61,7 +67,7 @@ class Dropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         shape = torch.Size(self.mask_shape(x))
-        if x.device.type != "cpu" and shape == x.shape:
+        if not numpy_random(x.device) and shape == x.shape:
             return F.dropout(x, self.p, training=True)
         return x * keep_mask(shape, self.p, x.dtype, x.device)
 
