@@ -27,16 +27,10 @@ BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_o
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
-    """Measured GFLOP/s of a square matmul on `device`."""
+    """Measured GFLOP/s of a square matmul on `device`, the best of ROUNDS rounds like every other figure."""
     n, repeat = (8192, 50) if device.type == "cuda" else (2048, 10)
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    synchronize(device)
-    return 2 * n ** 3 * repeat / (time.perf_counter() - started) / 1e9
+    return best_rate(lambda: a @ b, 2 * n ** 3, ROUNDS, repeat, device=device) / 1e9
 
 
 def synchronize(device: torch.device) -> None:
