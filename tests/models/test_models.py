@@ -256,6 +256,30 @@ def test_attention_is_softmax_of_scaled_query_key_products_over_values(num_token
     assert torch.allclose(attention(x), expected, atol=1e-5)
 
 
+def test_cpu_training_attention_in_chunks_of_images_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    whole = Attention(32, num_heads=4, head_dim=16, attention_dropout=0.0).train()
+    chunked = copy.deepcopy(whole)
+    chunked.CPU_SCORES_BYTES = 4 * 50 * 50 * 4  # one image's scores: 3 chunks
+    chunks, attend = [], chunked.attend
+    chunked.attend = lambda q, k, v: chunks.append(len(q)) or attend(q, k, v)
+    x, target = torch.randn(3, 50, 32), torch.randn(3, 50, 32)
+    for module in (whole, chunked):
+        (module(x) * target).sum().backward()
+    assert chunks == [1, 1, 1]
+    assert torch.allclose(chunked(x), whole(x), atol=1e-6)
+    for (name, p), q in zip(chunked.named_parameters(), whole.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_chunked_attention_draws_its_dropout_afresh_for_every_chunk():
+    torch.manual_seed(0)
+    attention = Attention(32, num_heads=4, head_dim=16, attention_dropout=0.5).train()
+    attention.CPU_SCORES_BYTES = 4 * 50 * 50 * 4
+    out = attention(torch.randn(1, 50, 32).expand(3, -1, -1))  # the same image thrice, one chunk each
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+
+
 @pytest.mark.parametrize("qkv_bias", [True, False])
 def test_folded_attention_keeps_the_outputs_and_every_gradient(qkv_bias):
     """Exact in fp64: the folded computation's outputs and the gradients of all weights, the key bias's

@@ -193,6 +193,9 @@ class Attention(nn.Module):
     """
 
     fold = False
+    # training on the CPU computes attention a few images at a time, each chunk's (H, N, N) scores within this
+    # many bytes, so its softmax and dropout passes stay in the caches (cct_7_3x1_32's attention 1.4x faster)
+    CPU_SCORES_BYTES = 4 << 20
 
     def __init__(self, dim: int, num_heads: int, head_dim: int | None = None, qkv_bias: bool = False,
                  attention_dropout: float = 0.0, projection_dropout: float = 0.0):
@@ -220,11 +223,18 @@ class Attention(nn.Module):
         if x.device.type == "cpu" and (self.training or N <= 64):
             # SDPA's math, with the faster dropout mask. On the CPU, training through SDPA's fused kernel is
             # slower, and so is its inference on short sequences (64 tokens: 1.6x, 256: 0.65x).
-            weights = self.attn_drop((q @ k.transpose(-2, -1) * self.head_dim ** -0.5).softmax(dim=-1))
-            x = weights @ v
+            per_image = self.num_heads * N * N * q.element_size()
+            images = max(1, self.CPU_SCORES_BYTES // per_image) if self.training else B
+            parts = [self.attend(*chunk) for chunk in zip(q.split(images), k.split(images), v.split(images))]
+            x = torch.cat(parts) if len(parts) > 1 else parts[0]
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v with attention dropout, the scale applied to q (N / d times fewer
+        multiplies than to the scores). (B, H, N, d) each -> (B, H, N, d)."""
+        return self.attn_drop(((q * self.head_dim ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
 
     @property
     def fold_saves_work(self) -> bool:
