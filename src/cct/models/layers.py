@@ -223,10 +223,11 @@ class Attention(nn.Module):
         if x.device.type == "cpu" and (self.training or N <= 64):
             # SDPA's math, with the faster dropout mask. On the CPU, training through SDPA's fused kernel is
             # slower, and so is its inference on short sequences (64 tokens: 1.6x, 256: 0.65x).
-            per_image = self.num_heads * N * N * q.element_size()
-            images = max(1, self.CPU_SCORES_BYTES // per_image) if self.training else B
-            parts = [self.attend(*chunk) for chunk in zip(q.split(images), k.split(images), v.split(images))]
-            x = torch.cat(parts) if len(parts) > 1 else parts[0]
+            images = max(1, self.CPU_SCORES_BYTES // (self.num_heads * N * N * q.element_size()))
+            if self.training and B > images:
+                x = torch.cat([self.attend(*chunk) for chunk in zip(q.split(images), k.split(images), v.split(images))])
+            else:
+                x = self.attend(q, k, v)
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
