@@ -155,7 +155,7 @@ def step():
     optimizer.zero_grad()
     F.cross_entropy(model(images), labels).backward()
     optimizer.step()
-for _ in range(5):
+for _ in range(10):
     step()
 faults = []
 for _ in range(10):
@@ -167,13 +167,17 @@ print(applied, statistics.median(faults), sum(faults))
 
 
 def test_keep_freed_memory_stops_page_faults_in_training_steps():
-    runs = {mode: subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
-            .stdout.split() for mode in ("default", "keep")}
-    assert runs["keep"][0] == "True"
-    (_, default_total), (kept_median, kept_total) = (map(float, runs[m][1:]) for m in ("default", "keep"))
-    # fresh pages faulted in over 10 steps, measured: 37,000-162,000 by default (the median step 240-17,000),
-    # 3-4,600 kept (the median step 0-1; the heap still grows now and then)
-    assert default_total > 20000 and kept_total < default_total / 4
+    # one process each (one thread each), side by side
+    runs = [subprocess.Popen([sys.executable, "-c", FAULTS, mode], stdout=subprocess.PIPE, text=True)
+            for mode in ("default", "keep")]
+    outputs = [run.communicate()[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    (default_applied, _, default_total), (kept_applied, kept_median, kept_total) = map(str.split, outputs)
+    assert (default_applied, kept_applied) == ("False", "True")
+    default_total, kept_median, kept_total = float(default_total), float(kept_median), float(kept_total)
+    # fresh pages faulted in over 10 steps after 10 to warm up, measured: 10,000-162,000 by default (glibc's
+    # dynamic thresholds make it vary from run to run), 3-512 kept (the median step 0-1)
+    assert default_total > 5000 and kept_total < default_total / 4
     assert kept_median < 50
 
 
