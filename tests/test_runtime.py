@@ -105,7 +105,7 @@ def test_fused_fp32_inference_matches_eager_for_every_batch_and_image_size():
         assert out.shape == (batch, 10)
         assert torch.allclose(out, predict_logits(eager, images), atol=1e-4)
     x = to_model_input(torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), "cpu")
-    with torch.no_grad():  # more than max_batch images: in parts of 128, 128 and 44
+    with torch.no_grad():  # more than max_batch images: in parts of 64, four times, and 44
         assert torch.allclose(fused(x), eager(x), atol=1e-4)
     # oneDNN Graph cannot compile the 22x22 graph (its resampled position table): that size ran eager
     assert isinstance(fused.graphs[(3, 32, 32), (1, 96, 3), torch.float32], torch.jit.RecursiveScriptModule)

@@ -98,7 +98,9 @@ class FusedInference(torch.nn.Module):
     (B, C, H, W) -> the model's output; `config` and the parameters are the model's.
     """
 
-    max_batch = 128  # larger batches run in parts: the seed model ran 7% faster in 64s or 128s than in 256s
+    # larger batches run in parts: the seed model ran 7% faster in 64s or 128s than in 256s (bf16, AVX-512),
+    # cct_7_3x1_32 1.35x faster in 64s than in 128s (fp32, AVX2; 8 to 64 were all alike)
+    max_batch = 64
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
