@@ -256,13 +256,16 @@ def test_attention_is_softmax_of_scaled_query_key_products_over_values(num_token
     assert torch.allclose(attention(x), expected, atol=1e-5)
 
 
-def test_cpu_training_attention_in_chunks_of_images_keeps_outputs_and_gradients():
+@pytest.mark.parametrize("fold", [False, True])
+def test_cpu_training_attention_in_chunks_of_images_keeps_outputs_and_gradients(fold):
     torch.manual_seed(0)
-    whole = Attention(32, num_heads=4, head_dim=16, attention_dropout=0.0).train()
+    whole = Attention(32, num_heads=4, head_dim=16, qkv_bias=True, attention_dropout=0.0).train()
+    whole.fold = fold
     chunked = copy.deepcopy(whole)
     chunked.CPU_SCORES_BYTES = 4 * 50 * 50 * 4  # one image's scores: 3 chunks
-    chunks, attend = [], chunked.attend
-    chunked.attend = lambda q, k, v: chunks.append(len(q)) or attend(q, k, v)
+    chunks, method = [], "folded" if fold else "attend"
+    attend = getattr(chunked, method)
+    setattr(chunked, method, lambda x, *rest: chunks.append(len(x)) or attend(x, *rest))
     x, target = torch.randn(3, 50, 32), torch.randn(3, 50, 32)
     for module in (whole, chunked):
         (module(x) * target).sum().backward()

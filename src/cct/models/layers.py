@@ -19,12 +19,13 @@ def numpy_random(device: torch.device) -> bool:
     return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
 
 
-def random_int16(n: int, device: torch.device) -> torch.Tensor:
-    """`n` uniform random 16-bit integers, four from each 64-bit random number. On the CPU the numbers come
-    from numpy's SFC64 generator (4x faster than torch's Mersenne Twister), seeded by one draw from torch's
-    generator: torch.manual_seed and torch's saved RNG state decide them all the same."""
+def random_int16(n: int, device: torch.device, from_numpy: bool) -> torch.Tensor:
+    """`n` uniform random 16-bit integers, four from each 64-bit random number. `from_numpy` (where
+    `numpy_random`): from numpy's SFC64 generator (4x faster than torch's Mersenne Twister on the CPU), seeded
+    by one draw from torch's generator, so torch.manual_seed and torch's saved RNG state decide them all the
+    same."""
     words = (n + 3) // 4
-    if numpy_random(device):
+    if from_numpy:
         seed = int(torch.randint(0, 2**63 - 1, (1,)))
         raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw(words)
         return torch.from_numpy(raw.view(np.int16)[:n])
@@ -43,8 +44,9 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.dev
     torch's boolean mask to `dtype`.
     """
     threshold = round(p * 65536) - 32768
-    random = random_int16(shape.numel(), device)
-    if not numpy_random(device):
+    from_numpy = numpy_random(device)
+    random = random_int16(shape.numel(), device, from_numpy)
+    if not from_numpy:
         return (random >= threshold).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
     scale = torch.ones((), dtype=dtype).mul_(1.0 / (1.0 - p))  # rounded as a cast-and-multiplied mask is
     integer, np_integer = INTEGER_OF_SIZE[scale.element_size()]
@@ -217,20 +219,28 @@ class Attention(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.fold:
-            return self.proj_drop(self.folded(x))
+            weights = self.folded_weights()
+            return self.proj_drop(self.in_chunks(lambda x: self.folded(x, *weights), x))
         q, k, v = (proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
         if x.device.type == "cpu" and (self.training or N <= 64):
             # SDPA's math, with the faster dropout mask. On the CPU, training through SDPA's fused kernel is
             # slower, and so is its inference on short sequences (64 tokens: 1.6x, 256: 0.65x).
-            images = max(1, self.CPU_SCORES_BYTES // (self.num_heads * N * N * q.element_size()))
-            if self.training and B > images:
-                x = torch.cat([self.attend(*chunk) for chunk in zip(q.split(images), k.split(images), v.split(images))])
-            else:
-                x = self.attend(q, k, v)
+            x = self.in_chunks(self.attend, q, k, v)
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+    def in_chunks(self, fn, *inputs: torch.Tensor) -> torch.Tensor:
+        """fn(*inputs) on (B, ..., N, ·) inputs; training on the CPU, a few images at a time, each chunk's
+        (H, N, N) scores within CPU_SCORES_BYTES."""
+        x = inputs[0]
+        if not self.training or x.device.type != "cpu":
+            return fn(*inputs)
+        images = max(1, self.CPU_SCORES_BYTES // (self.num_heads * x.shape[-2] ** 2 * x.element_size()))
+        if len(x) <= images:
+            return fn(*inputs)
+        return torch.cat([fn(*chunk) for chunk in zip(*(t.split(images) for t in inputs))])
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v with attention dropout, the scale applied to q (N / d times fewer
@@ -244,9 +254,27 @@ class Attention(nn.Module):
         d >= D (Keras' key_dim 128 on a width of 128: 40% fewer in the seed model's attention)."""
         return self.head_dim >= self.query.in_features
 
-    def folded(self, x: torch.Tensor) -> torch.Tensor:
-        """The attention before `proj_drop`, with each head's weights multiplied together (W_h: head h's rows
-        of a projection's weight, b_h its bias; rows are tokens):
+    def folded_weights(self) -> tuple:
+        """The weight products of `folded` (W_h: head h's rows of a projection's weight, b_h its bias):
+        Wk_h^T Wq_h and bq_h Wk_h (the query scaled by 1 / sqrt(d)), Wo_h Wv_h and Wo_h bv_h, and the key
+        bias's terms, or None where its gradient is not needed. Computed once a step, in the weights'
+        precision."""
+        D, H, d = self.query.in_features, self.num_heads, self.head_dim
+        with torch.autocast(self.query.weight.device.type, enabled=False):
+            wq = self.query.weight.view(H, d, D) * d ** -0.5  # the scores' scale, folded in
+            bq = None if self.query.bias is None else self.query.bias.view(H, 1, d) * d ** -0.5
+            wk, bk = self.key.weight.view(H, d, D), self.key.bias
+            wv, bv = self.value.weight.view(H, d, D), self.value.bias
+            wo = self.proj.weight.view(D, H, d).transpose(0, 1)  # (H, D, d)
+            query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq @ wk).flatten()
+            value_out = (wo @ wv).flatten(0, 1), None if bv is None else (wo @ bv.view(H, d, 1)).flatten()
+            needs_shift = bk is not None and bk.requires_grad and torch.is_grad_enabled()
+            shift = None if not needs_shift else (
+                (bk.view(H, 1, d) @ wq).view(H, D), None if bq is None else (bq.view(H, d) * bk.view(H, d)).sum(-1))
+        return query_key, value_out, shift
+
+    def folded(self, x: torch.Tensor, query_key: tuple, value_out: tuple, shift: tuple | None) -> torch.Tensor:
+        """The attention before `proj_drop`, through the `folded_weights` (rows are tokens):
 
             q_h k_h^T = (x (Wk_h^T Wq_h)^T + bq_h Wk_h) x^T + (x (bk_h Wq_h)^T + bq_h . bk_h)  (Wq, bq scaled)
             out = sum_h A_h (x (Wo_h Wv_h)^T + bv_h Wo_h^T) + bo
@@ -258,18 +286,7 @@ class Attention(nn.Module):
         (B, N, D) -> (B, N, D).
         """
         B, N, D = x.shape
-        H, d = self.num_heads, self.head_dim
-        with torch.autocast(x.device.type, enabled=False):  # the weight products in the weights' precision
-            wq = self.query.weight.view(H, d, D) * d ** -0.5  # the scores' scale, folded in
-            bq = None if self.query.bias is None else self.query.bias.view(H, 1, d) * d ** -0.5
-            wk, bk = self.key.weight.view(H, d, D), self.key.bias
-            wv, bv = self.value.weight.view(H, d, D), self.value.bias
-            wo = self.proj.weight.view(D, H, d).transpose(0, 1)  # (H, D, d)
-            query_key = (wk.transpose(1, 2) @ wq).flatten(0, 1), None if bq is None else (bq @ wk).flatten()
-            value_out = (wo @ wv).flatten(0, 1), None if bv is None else (wo @ bv.view(H, d, 1)).flatten()
-            needs_shift = bk is not None and bk.requires_grad and torch.is_grad_enabled()
-            shift = None if not needs_shift else (
-                (bk.view(H, 1, d) @ wq).view(H, D), None if bq is None else (bq.view(H, d) * bk.view(H, d)).sum(-1))
+        H = self.num_heads
         # rows (token, head): (B, N * H, D) is a view of the (B, N, H * D) output
         query_key = F.linear(x, *query_key).view(B, N * H, D)
         scores = query_key @ x.transpose(1, 2) if shift is None else \
