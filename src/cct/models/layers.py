@@ -232,8 +232,8 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
     def in_chunks(self, fn, *inputs: torch.Tensor) -> torch.Tensor:
-        """fn(*inputs) on (B, ..., N, ·) inputs; training on the CPU, a few images at a time, each chunk's
-        (H, N, N) scores within CPU_SCORES_BYTES."""
+        """fn(*inputs), inputs (B, ..., N, C) with N tokens; when training on the CPU, a few images at a time,
+        each chunk's (H, N, N) scores within CPU_SCORES_BYTES, and the chunks' outputs concatenated."""
         x = inputs[0]
         if not self.training or x.device.type != "cpu":
             return fn(*inputs)
