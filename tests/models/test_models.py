@@ -264,8 +264,8 @@ def test_cpu_training_attention_in_chunks_of_images_keeps_outputs_and_gradients(
     chunked = copy.deepcopy(whole)
     chunked.CPU_SCORES_BYTES = 4 * 50 * 50 * 4  # one image's scores: 3 chunks
     chunks, method = [], "folded" if fold else "attend"
-    attend = getattr(chunked, method)
-    setattr(chunked, method, lambda x, *rest: chunks.append(len(x)) or attend(x, *rest))
+    original = getattr(chunked, method)
+    setattr(chunked, method, lambda x, *rest: chunks.append(len(x)) or original(x, *rest))
     x, target = torch.randn(3, 50, 32), torch.randn(3, 50, 32)
     for module in (whole, chunked):
         (module(x) * target).sum().backward()

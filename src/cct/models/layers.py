@@ -257,8 +257,8 @@ class Attention(nn.Module):
     def folded_weights(self) -> tuple:
         """The weight products of `folded` (W_h: head h's rows of a projection's weight, b_h its bias):
         Wk_h^T Wq_h and bq_h Wk_h (the query scaled by 1 / sqrt(d)), Wo_h Wv_h and Wo_h bv_h, and the key
-        bias's terms, or None where its gradient is not needed. Computed once a step, in the weights'
-        precision."""
+        bias's terms, or None where its gradient is not needed. Computed once a forward pass, for all its chunks,
+        in the weights' precision."""
         D, H, d = self.query.in_features, self.num_heads, self.head_dim
         with torch.autocast(self.query.weight.device.type, enabled=False):
             wq = self.query.weight.view(H, d, D) * d ** -0.5  # the scores' scale, folded in
