@@ -7,7 +7,7 @@ import torch
 
 import cct
 from cct.evaluation import predict_logits, to_model_input
-from cct.runtime import FusedInference, Runtime
+from cct.runtime import FusedInference, Runtime, cpu_vendor_and_flags
 
 
 def test_resolve_makes_every_choice_concrete():
@@ -180,6 +180,30 @@ def test_keep_freed_memory_stops_page_faults_in_training_steps():
     # median step 0-1)
     assert default_total > 5000 and kept_total < default_total / 4
     assert kept_median < 50
+
+
+MKL_PRODUCT = """
+import hashlib, sys, torch
+from cct.runtime import mkl_avx2
+applied = sys.argv[1] == "avx2" and mkl_avx2()
+generator = torch.Generator().manual_seed(0)
+a, b = torch.randn(300, 500, generator=generator), torch.randn(500, 200, generator=generator)
+product = a @ b
+error = (product.double() - a.double() @ b.double()).abs().max().item()
+print(applied, hashlib.sha1(product.numpy().tobytes()).hexdigest(), error)
+"""
+
+
+def test_mkl_avx2_switches_mkl_to_other_kernels_on_cpus_not_made_by_intel():
+    # a product's rounding tells MKL's kernels apart: fresh processes, as MKL picks them at a routine's first call
+    runs = [subprocess.run([sys.executable, "-c", MKL_PRODUCT, mode], capture_output=True, text=True, check=True)
+            for mode in ("default", "avx2")]
+    (default_applied, default_bits, default_error), (applied, bits, error) = (r.stdout.split() for r in runs)
+    vendor, flags = cpu_vendor_and_flags()
+    expected = vendor not in ("", "GenuineIntel") and {"avx2", "fma"} <= flags and torch.backends.mkl.is_available()
+    assert default_applied == "False" and applied == str(expected)
+    assert (bits != default_bits) == expected
+    assert float(default_error) < 1e-4 and float(error) < 1e-4  # the product of 500 terms, in fp32 either way
 
 
 @pytest.mark.parametrize("fold", [True, False])

@@ -116,11 +116,11 @@ def test_ema_weights_are_the_ones_validated_and_saved(tmp_path, capsys):
     assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(out), "--epochs", "2",
                  "--batch-size", "8", "--val-size", "8", "--recipe", "cct-paper-300", "--recipe-arg",
                  "ema_decay=0.9", "--recipe-arg", "random_erasing=0.25", "--recipe-arg", "warmup_epochs=1",
-                 "--no-keep-freed-memory", "--no-fold-attention"]) == 0
+                 "--no-keep-freed-memory", "--no-fold-attention", "--no-mkl-avx2"]) == 0
     config = RunConfig.from_run(out)
     assert config.recipe.rand_augment == (2, 9.0, 0.5) and config.recipe.ema_decay == 0.9
     assert config.runtime.keep_freed_memory is False and config.runtime.fused_optimizer is True
-    assert config.runtime.fold_attention is False
+    assert config.runtime.fold_attention is False and config.runtime.mkl_avx2 is False
     with safe_open(out / "state.safetensors", "pt") as f:
         raw = {k[len("model."):]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
         averaged = {k[len("ema.module."):]: f.get_tensor(k) for k in f.keys() if k.startswith("ema.module.")}
