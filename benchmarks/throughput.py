@@ -1,7 +1,7 @@
 """Training and inference throughput (images/s) of CCT models: our runtime against a plain PyTorch baseline
 (fp32, eager, contiguous memory, unfused AdamW and inference, unfolded attention, glibc's default allocator
-settings), measured in the same run, with the fraction of this machine's matmul peak (measured, against the
-model's nominal FLOPs). Inference runs
+settings, the MKL kernels MKL picks by CPU vendor), measured in the same run (each in a process of its own),
+with the fraction of this machine's matmul peak (measured, against the model's nominal FLOPs). Inference runs
 `cct.evaluation.predict_logits`, the path of `cct evaluate` and `Classifier`, on a model prepared for
 inference (ours: in bf16, its weights cast once, through oneDNN Graph). With `keras` installed (the `bench`
 extra) it times the identical Keras model.
@@ -12,6 +12,7 @@ extra) it times the identical Keras model.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import time
 
@@ -23,7 +24,7 @@ from cct.runtime import Runtime, bf16_native
 
 ROUNDS = 3
 BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False,
-                   fused_inference=False, fold_attention=False, keep_freed_memory=False)
+                   fused_inference=False, fold_attention=False, keep_freed_memory=False, mkl_avx2=False)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
@@ -112,6 +113,40 @@ def keras_rates(backend: str, batch: int, infer_batch: int, steps: int) -> tuple
     return train, infer, keras.distribution.list_devices()[0]
 
 
+def in_own_process(fn, *args):
+    """fn(*args) in a fresh process, so that a runtime's process-wide settings (the allocator's, MKL's kernels,
+    which MKL picks at a routine's first call) apply to one contender only."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def matmul_peaks() -> dict[str, float]:
+    """This machine's fp32 (and native bf16) matmul peaks, with our runtime's BLAS settings (MKL's AVX2
+    kernels on CPUs not made by Intel: the fastest its BLAS goes)."""
+    device = Runtime().resolve().torch_device
+    peak = {"fp32": matmul_peak(torch.float32, device)}
+    if bf16_native(device):  # emulated bf16 takes minutes to measure, and "auto" does not use it
+        peak["bf16"] = matmul_peak(torch.bfloat16, device)
+    return peak
+
+
+def contender_rates(label: str, runtime: Runtime, args: argparse.Namespace, flops: dict[str, int],
+                    peak: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """Training and inference images/s of each model under `runtime`, printed with their fraction of the peak."""
+    resolved = runtime.resolve()
+    print(f"\n{label}: {resolved}", flush=True)
+    top = peak["bf16" if resolved.precision == "bf16" else "fp32"]
+    rates = {}
+    for name in args.models:
+        train = training_rate(name, runtime, args.batch, args.steps)
+        infer = inference_rate(name, runtime, args.infer_batch, args.steps)
+        rates[name] = (train, infer)
+        print(f"  {name:<13} train {train:8.0f} img/s ({3 * flops[name] * train / 1e9 / top:5.1%} of "
+              f"{resolved.precision} peak) | inference {infer:8.0f} img/s ({flops[name] * infer / 1e9 / top:5.1%})",
+              flush=True)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["cct_keras", "cct_7_3x1_32"])
@@ -127,25 +162,13 @@ def main() -> None:
         variants["ours+compile"] = Runtime(compile=True)
     baseline = BASELINE.resolve()
     print(f"torch {torch.__version__} | {baseline.device} | {baseline.threads} threads")
-    peak = {"fp32": matmul_peak(torch.float32, baseline.torch_device)}
-    if bf16_native(baseline.torch_device):  # emulated bf16 takes minutes to measure, and "auto" does not use it
-        peak["bf16"] = matmul_peak(torch.bfloat16, baseline.torch_device)
+    peak = in_own_process(matmul_peaks)
     print("matmul peak: " + ", ".join(f"{dtype} {flops:.0f} GFLOP/s" for dtype, flops in peak.items())
           + ("" if "bf16" in peak else " (bf16 is not native here)"))
     models = {name: cct.create_model(name) for name in args.models}
     flops = {name: 2 * cct.count_macs(model, include_attention=True) for name, model in models.items()}
-    rates = {}
-    # the baseline goes first for every model: ours changes the process-wide allocator (keep_freed_memory)
-    for label, runtime in variants.items():
-        resolved = runtime.resolve()
-        print(f"\n{label}: {resolved}")
-        top = peak["bf16" if resolved.precision == "bf16" else "fp32"]
-        for name in args.models:
-            train = training_rate(name, runtime, args.batch, args.steps)
-            infer = inference_rate(name, runtime, args.infer_batch, args.steps)
-            rates[name, label] = (train, infer)
-            print(f"  {name:<13} train {train:8.0f} img/s ({3 * flops[name] * train / 1e9 / top:5.1%} of "
-                  f"{resolved.precision} peak) | inference {infer:8.0f} img/s ({flops[name] * infer / 1e9 / top:5.1%})")
+    rates = {(name, label): rate for label, runtime in variants.items()
+             for name, rate in in_own_process(contender_rates, label, runtime, args, flops, peak).items()}
     for name in args.models:
         print(f"\n{name}: {cct.count_parameters(models[name]):,} parameters, {flops[name] / 1e6:.0f} MFLOP forward "
               "per image")
