@@ -56,7 +56,10 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     killed_at = _progress(run / "state.safetensors")
     assert killed_at["epoch"] == 2 and 0 < killed_at["step"] < 15
 
-    assert main(["train", "--resume", str(run)]) == 0
+    # as a user resumes: `cct train --resume` in a process of its own, whose MKL kernels are the first run's
+    # (`mkl_avx2` applies to the routines a process has not yet called; this one has called them all)
+    subprocess.run([sys.executable, "-m", "cct", "train", "--resume", str(run)], check=True, env=env,
+                   capture_output=True)
     resumed, _ = load_checkpoint(run / "last.safetensors")
     whole, _ = load_checkpoint(tmp_path / "whole" / "last.safetensors")
     for name, value in whole.state_dict().items():
