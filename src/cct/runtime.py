@@ -154,9 +154,10 @@ def mkl_avx2() -> bool:
     """Let MKL, torch's BLAS on x86 CPUs, run its AVX2 kernels on a CPU with AVX2 and FMA not made by Intel.
     MKL picks its kernels by CPU vendor and gives other CPUs (AMD's) generic ones: on 2 cores of an AMD EPYC
     (Zen 3) they multiplied the seed model's (8192, 256) x (256, 128) in fp32 at 72-79 GFLOP/s against
-    116-120 with the AVX2 kernels. This makes MKL's vendor check (`mkl_serv_intel_cpu_true`, exported by
-    torch's library) return 1, as a preloaded library defining it would. MKL chooses a routine's kernels at
-    its first call in a process, so only routines first called after this take them up.
+    116-120 with the AVX2 kernels. This overwrites, in this process's memory, the start of MKL's vendor check
+    (`mkl_serv_intel_cpu_true`, exported by torch's library) with `return 1`: what a preloaded library
+    defining that function does, the widely used workaround. MKL chooses a routine's kernels at its first call
+    in a process, so only routines first called after this take them up.
     True where MKL's check now passes on such a CPU (Linux, x86-64, torch built with MKL)."""
     vendor, flags = cpu_vendor_and_flags()
     if (sys.platform != "linux" or platform.machine() != "x86_64" or vendor in ("", "GenuineIntel")
@@ -184,7 +185,8 @@ def cpu_vendor_and_flags() -> tuple[str, set[str]]:
     """The CPU's vendor id ("GenuineIntel", "AuthenticAMD") and feature flags from /proc/cpuinfo; "" and an
     empty set where there is none."""
     try:
-        lines = open("/proc/cpuinfo").read().splitlines()
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
     except OSError:
         return "", set()
     fields = {}
