@@ -5,6 +5,7 @@ from PIL import Image
 import cct
 from cct.cli import main
 from cct.explain import pooling_map
+from cct.runtime import Runtime
 from cct.training import save_checkpoint
 from tests.helpers import write_image
 
@@ -17,6 +18,18 @@ def test_pooling_map_is_a_distribution_over_the_token_grid(name, grid):
     assert seen.shape == (3, 32, 32) and seen.dtype == torch.uint8
     assert weights.shape == (grid, grid)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-5) and (weights > 0).all()
+
+
+def test_pooling_map_after_predictions_is_the_eval_mode_map():
+    # as the web page asks for them: a prediction through the prepared (frozen, fused) model, then the map
+    torch.manual_seed(0)
+    classifier = cct.Classifier(cct.create_model("cct_keras"), Runtime(device="cpu").resolve())
+    image = torch.rand(3, 32, 32)
+    _, before = pooling_map(classifier, image)
+    classifier.predict(image)
+    assert not classifier.model.training
+    _, after = pooling_map(classifier, image)
+    assert torch.equal(after, before)
 
 
 def test_class_token_models_have_nothing_to_show():

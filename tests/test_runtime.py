@@ -124,6 +124,21 @@ def test_fused_inference_reports_bad_images_as_eager_does():
     assert str(error.value) == str(eager.value)
 
 
+def test_fused_inference_stays_in_eval_mode():
+    torch.manual_seed(0)
+    eager = cct.create_model("cct_keras").eval()
+    runtime = Runtime(device="cpu", precision="fp32").resolve()
+    fused = runtime.prepare(copy.deepcopy(eager), frozen=True)
+    predict_logits(fused, torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), runtime=runtime)
+    fused.train()  # as predict_logits restores a model's mode, and as a user may
+    assert not fused.training and not fused.model.training
+    # a layout not traced yet is traced now: in eval mode, without dropout
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fused(x), eager(x), atol=1e-4)
+    assert isinstance(fused.graphs[(3, 32, 32), (1024, 32, 1), torch.float32], torch.jit.RecursiveScriptModule)
+
+
 def test_channels_last_off_gives_contiguous_inputs():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     assert to_model_input(images, "cpu").is_contiguous(memory_format=torch.channels_last)

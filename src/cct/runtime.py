@@ -111,13 +111,19 @@ class FusedInference(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = model.requires_grad_(False)
         self.graphs: dict[tuple, torch.nn.Module] = {}  # a traced graph, or the model where oneDNN fails
+        self.eval()  # the model's mode too
         torch.jit.enable_onednn_fusion(True)
 
     @property
     def config(self):
         return self.model.config
+
+    def train(self, mode: bool = True) -> "FusedInference":
+        """Stays in eval mode (it only predicts): a layout first seen later is traced, or runs eager, without
+        dropout, whatever mode a caller restores (`predict_logits` restores the one it found)."""
+        return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(x) > self.max_batch:
