@@ -21,10 +21,12 @@ import torch.nn.functional as F
 
 import cct
 from cct.runtime import Runtime, bf16_native
+from cct.training import GradientStep
 
 ROUNDS = 3
 BASELINE = Runtime(precision="fp32", channels_last=False, compile=False, fused_optimizer=False,
-                   fused_inference=False, fold_attention=False, keep_freed_memory=False, mkl_avx2=False)
+                   fused_inference=False, fold_attention=False, keep_freed_memory=False, mkl_avx2=False,
+                   split_batch_threads=False)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
@@ -70,12 +72,12 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=runtime.torch_device)
     labels = torch.randint(0, model.config.num_classes, (batch,), device=runtime.torch_device)
 
+    gradients = GradientStep(forward, lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=0.1),
+                             runtime, parts=runtime.training_parts())
+
     def step():
-        x = cct.evaluation.to_model_input(images, runtime.torch_device, runtime.channels_last)
-        with runtime.autocast():
-            loss = F.cross_entropy(forward(x), labels, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        gradients(cct.evaluation.to_model_input(images, runtime.torch_device, runtime.channels_last), labels)
         optimizer.step()
 
     return best_rate(step, batch, ROUNDS, steps, device=runtime.torch_device)

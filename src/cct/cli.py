@@ -47,7 +47,7 @@ def _train(args: argparse.Namespace) -> None:
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,
                       compile=args.compile, fused_optimizer=args.fused_optimizer,
                       fold_attention=args.fold_attention, keep_freed_memory=args.keep_freed_memory,
-                      mkl_avx2=args.mkl_avx2, threads=args.threads)
+                      mkl_avx2=args.mkl_avx2, split_batch_threads=args.split_batch_threads, threads=args.threads)
     train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
                     runtime=runtime, checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
                     model_args=dict(args.model_arg)))
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="glibc keeps freed blocks for reuse instead of faulting fresh pages in each step")
     p.add_argument("--mkl-avx2", action=argparse.BooleanOptionalAction, default=True,
                    help="MKL runs its AVX2 kernels on CPUs with AVX2 not made by Intel (AMD's), not generic ones")
+    p.add_argument("--split-batch-threads", action=argparse.BooleanOptionalAction, default=True,
+                   help="on the CPU, each training step splits its batch between two threads, each with half the cores")
     p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

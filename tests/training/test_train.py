@@ -64,17 +64,18 @@ def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_i
 
 def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
-    seen: list[list[int]] = [[]]
+    seen: list[list[tuple[int, int]]] = [[]]  # (image size, images) of each training forward pass, by epoch
 
     def record(module, inputs, output):
         if isinstance(module, cct.CCT) and module.training:
-            seen[-1].append(inputs[0].shape[-1])
+            seen[-1].append((inputs[0].shape[-1], len(inputs[0])))
 
     recipe = _tiny_recipe(epochs=3, val_size=0, progressive_resize=((16, 1), (24, 1)))
     with torch.nn.modules.module.register_module_forward_hook(record):
         out, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe,
                                       out=str(tmp_path / "run")), on_epoch_end=lambda epoch, model: seen.append([]))
-    assert seen == [[16, 16], [24, 24], [32, 32], []]  # two steps of 8 images an epoch
+    assert [{size for size, _ in epoch} for epoch in seen] == [{16}, {24}, {32}, set()]
+    assert [sum(images for _, images in epoch) for epoch in seen] == [16, 16, 16, 0]
     assert result.top1 >= 0.9
     assert json.loads((out / "config.json").read_text())["recipe"]["progressive_resize"] == [[16, 1], [24, 1]]
 

@@ -5,7 +5,9 @@ Shapes: B batch, C channels, H x W image, N tokens, D embedding width.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import torch
@@ -19,14 +21,29 @@ def numpy_random(device: torch.device) -> bool:
     return torch.device(device).type == "cpu" and not torch.compiler.is_compiling()
 
 
+_mask_seeds = threading.local()  # .generator: where this thread's numpy masks take their seeds, see `own_mask_seeds`
+
+
+@contextlib.contextmanager
+def own_mask_seeds(seed: int):
+    """Within it, the masks this thread draws through numpy take their seeds from a generator of its own,
+    seeded with `seed`, not from torch's global one, whose draws threads sharing it would take in any order
+    (`cct.training.GradientStep` runs the parts of a batch in threads)."""
+    _mask_seeds.generator = torch.Generator().manual_seed(seed)
+    try:
+        yield
+    finally:
+        del _mask_seeds.generator
+
+
 def random_int16(n: int, device: torch.device, from_numpy: bool) -> torch.Tensor:
     """`n` uniform random 16-bit integers, four from each 64-bit random number. `from_numpy` (where
     `numpy_random`): from numpy's SFC64 generator (4x faster than torch's Mersenne Twister on the CPU), seeded
-    by one draw from torch's generator, so torch.manual_seed and torch's saved RNG state decide them all the
-    same."""
+    by one draw from torch's generator (or this thread's, `own_mask_seeds`), so torch.manual_seed and torch's
+    saved RNG state decide them all the same."""
     words = (n + 3) // 4
     if from_numpy:
-        seed = int(torch.randint(0, 2**63 - 1, (1,)))
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=getattr(_mask_seeds, "generator", None)))
         raw = np.random.Generator(np.random.SFC64(seed)).bit_generator.random_raw(words)
         return torch.from_numpy(raw.view(np.int16)[:n])
     return torch.randint(-2**63, 2**63 - 1, (words,), dtype=torch.int64, device=device).view(torch.int16)[:n]

@@ -1,5 +1,6 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import RunConfig, train
 from .recipes import RECIPES, Recipe, get_recipe
+from .step import GradientStep
 
-__all__ = ["RECIPES", "Recipe", "RunConfig", "get_recipe", "load_checkpoint", "save_checkpoint", "train"]
+__all__ = ["GradientStep", "RECIPES", "Recipe", "RunConfig", "get_recipe", "load_checkpoint", "save_checkpoint", "train"]

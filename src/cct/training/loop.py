@@ -29,6 +29,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Ranks
 from .recipes import Recipe
 from .state import load_state, save_state
+from .step import GradientStep
 
 CSV_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds"]
 
@@ -142,6 +143,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     scaler = torch.amp.GradScaler(device.type, enabled=runtime.precision == "fp16")
     steps_per_epoch = math.ceil(len(train_set) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe, steps_per_epoch))
+    gradients = GradientStep(
+        forward, lambda logits, targets: F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing),
+        runtime, scaler, runtime.training_parts() if ranks.world == 1 else 1)  # DDP: one backward per step
 
     out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
                                        f"{datetime.now():%Y%m%d-%H%M%S}")
@@ -191,17 +195,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             y = targets = train_set.labels[index]
             if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
                 x, targets = mix(x, y)
-            with runtime.autocast():
-                logits = forward(x)
-                loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            logits, loss = gradients(x, targets)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
             if ema:
                 ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
+            loss_sum += loss * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 20 == 19 or step == steps_per_epoch - 1:
                 seen = len(ranks.shard(order[:min((step + 1) * recipe.batch_size, len(train_set))]))

@@ -1,0 +1,61 @@
+"""A training step's forward and backward passes; on the CPU, a batch split between threads."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import torch
+
+from ..models.layers import own_mask_seeds
+from ..runtime import Runtime
+
+
+class GradientStep:
+    """The loss of a batch and its gradients, added to the parameters' .grad (the caller zeroes them).
+
+    With `parts` > 1 (`Runtime.training_parts`) the batch is split into that many parts, and each part's
+    forward and backward passes run in a thread of their own with its share of the CPU threads; each part's
+    loss is weighted by its share of the batch, so .grad sums to the gradient of the batch's mean loss, as in
+    one pass, up to rounding. The parts' small ops then run side by side instead of each being split between
+    the cores. Each part draws its dropout masks from a seed taken from torch's generator in order
+    (`own_mask_seeds`), so a run stays reproducible.
+
+    step(x (B, ...), targets (B, ...)) -> (logits (B, classes), the batch's mean loss), both detached.
+    """
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor],
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], runtime: Runtime,
+                 scaler: torch.amp.GradScaler | None = None, parts: int = 1):
+        self.forward, self.loss_fn, self.runtime, self.scaler = forward, loss_fn, runtime, scaler
+        self.part_threads = [runtime.threads // parts + (i < runtime.threads % parts) for i in range(parts)]
+        self.pool = ThreadPoolExecutor(parts, thread_name_prefix="cct-step") if parts > 1 else None
+
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is None:
+            logits, loss = self.backward(x, targets)
+            return logits.detach(), loss.detach()
+        parts = min(len(self.part_threads), len(x))
+        seeds = torch.randint(0, 2**63 - 1, (parts,)).tolist()
+        done = list(self.pool.map(self.part, x.tensor_split(parts), targets.tensor_split(parts), seeds,
+                                  self.part_threads[:parts], [len(x)] * parts))
+        # libgomp can hand a worker's thread count to this thread
+        torch.set_num_threads(self.runtime.threads)
+        loss = sum(loss * len(logits) for logits, loss in done) / len(x)
+        return torch.cat([logits for logits, _ in done]), loss
+
+    def part(self, x: torch.Tensor, targets: torch.Tensor, seed: int, threads: int,
+             batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.set_num_threads(threads)
+        with own_mask_seeds(seed):
+            logits, loss = self.backward(x, targets, len(x) / batch)
+        return logits.detach(), loss.detach()
+
+    def backward(self, x: torch.Tensor, targets: torch.Tensor,
+                 weight: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.runtime.autocast():
+            logits = self.forward(x)
+            loss = self.loss_fn(logits, targets)
+        scaled = loss if weight is None else loss * weight
+        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+        return logits, loss
