@@ -73,7 +73,7 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
     labels = torch.randint(0, model.config.num_classes, (batch,), device=runtime.torch_device)
 
     gradients = GradientStep(forward, lambda logits, labels: F.cross_entropy(logits, labels, label_smoothing=0.1),
-                             runtime, parts=runtime.training_parts())
+                             runtime, parts=runtime.batch_parts())
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -111,6 +112,29 @@ def test_fused_fp32_inference_matches_eager_for_every_batch_and_image_size():
     # oneDNN Graph cannot compile the 22x22 graph (its resampled position table): that size ran eager
     assert isinstance(fused.graphs[(3, 32, 32), (1, 96, 3), torch.float32], torch.jit.RecursiveScriptModule)
     assert fused.graphs[(3, 22, 22), (1, 66, 3), torch.float32] is fused.model
+
+
+def test_fused_inference_splits_a_warm_graphs_batches_between_threads():
+    torch.manual_seed(0)
+    eager = cct.create_model("cct_keras").eval()
+    runtime = Runtime(device="cpu", precision="fp32", threads=2).resolve()
+    assert runtime.batch_parts() == 2
+    fused = runtime.prepare(copy.deepcopy(eager), frozen=True)
+    calls = []  # 22x22 images run eager (oneDNN cannot compile their graph), so the model's hooks see its calls
+    fused.model.register_forward_hook(
+        lambda module, inputs, output: calls.append((threading.current_thread().name, torch.get_num_threads(),
+                                                     len(inputs[0]))))
+    x = to_model_input(torch.randint(0, 256, (130, 3, 22, 22), dtype=torch.uint8), "cpu")
+    with torch.no_grad():
+        first = fused(x)  # traced, then run in parts of 64, on this thread
+        calls.clear()
+        second = fused(x)
+        expected = eager(x)
+    assert torch.allclose(first, expected, atol=1e-4) and torch.allclose(second, expected, atol=1e-4)
+    # a run of whole parts for each thread, each with one intra-op thread
+    assert sorted(calls) == [("cct-part_0", 1, 64), ("cct-part_1", 1, 2), ("cct-part_1", 1, 64)]
+    assert torch.get_num_threads() == 2
+    Runtime(device="cpu").resolve()
 
 
 def test_fused_inference_reports_bad_images_as_eager_does():

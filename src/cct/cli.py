@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mkl-avx2", action=argparse.BooleanOptionalAction, default=True,
                    help="MKL runs its AVX2 kernels on CPUs with AVX2 not made by Intel (AMD's), not generic ones")
     p.add_argument("--split-batch-threads", action=argparse.BooleanOptionalAction, default=True,
-                   help="on the CPU, each training step splits its batch between two threads, each with half the cores")
+                   help="on the CPU, training steps and fused inference split each batch between two threads, each "
+                        "with half the cores")
     p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

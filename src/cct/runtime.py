@@ -5,6 +5,7 @@ These choices change speed, not the model or the recipe; a run records the resol
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -13,7 +14,8 @@ import os
 import platform
 import sys
 import warnings
-from typing import Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -31,7 +33,7 @@ class Runtime:
     oneDNN Graph (`FusedInference`). `fold_attention`: attention layers whose heads are at least as wide as the
     model (Keras') compute through products of their weights (`Attention.folded`: the same function, 40% fewer
     multiply-adds). `keep_freed_memory`: see `keep_freed_memory()`. `mkl_avx2`: see `mkl_avx2()`.
-    `split_batch_threads`: see `training_parts`. `threads` None uses one thread per core this process may run
+    `split_batch_threads`: see `batch_parts`. `threads` None uses one thread per core this process may run
     on."""
 
     device: str = "auto"
@@ -71,11 +73,12 @@ class Runtime:
         """The 16-bit dtype of `precision`, None for fp32."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
-    def training_parts(self) -> int:
-        """How many parts `cct.training.GradientStep` splits a training batch into, each in a thread of its own
-        with half the CPU threads: 2 with `split_batch_threads` on a CPU with 2 threads or more (eager), else 1.
-        On 2 cores of an AVX512-BF16 CPU the seed model's training steps ran 1.09x as fast on average (0.94x
-        to 1.36x in eight pairs of processes) as with both threads in each op."""
+    def batch_parts(self) -> int:
+        """How many parts a training step (`cct.training.GradientStep`) and fused inference (`FusedInference`)
+        split a batch into, each in a thread of its own with half the CPU threads (`BatchThreads`): 2 with
+        `split_batch_threads` on a CPU with 2 threads or more (eager), else 1. On 2 cores of an AVX512-BF16
+        CPU the seed model's training steps ran 1.09x as fast on average (0.94x to 1.36x in eight pairs of
+        processes) as with both threads in each op."""
         eager_cpu = self.torch_device.type == "cpu" and not self.compile
         return 2 if self.split_batch_threads and eager_cpu and self.threads >= 2 else 1
 
@@ -97,7 +100,7 @@ class Runtime:
         if frozen and self.low_precision is not None:
             model.to(self.low_precision)
         if frozen and self.fused_inference and self.torch_device.type == "cpu" and not self.compile:
-            return FusedInference(model)
+            return FusedInference(model, self.batch_parts())
         if not self.compile:
             return model
         # on a GPU, CUDA graphs replay each step's hundreds of small kernels at once: a small model trains
@@ -119,10 +122,12 @@ class FusedInference(torch.nn.Module):
     # cct_7_3x1_32 1.35x faster in 64s than in 128s (fp32, AVX2; 8 to 64 were all alike)
     max_batch = 64
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, parts: int = 1):
         super().__init__()
         self.model = model.requires_grad_(False)
         self.graphs: dict[tuple, torch.nn.Module] = {}  # a traced graph, or the model where oneDNN fails
+        self.runs = collections.Counter()  # of each graph
+        self.threads = BatchThreads(parts) if parts > 1 else None
         self.eval()  # the model's mode too
         torch.jit.enable_onednn_fusion(True)
 
@@ -136,9 +141,27 @@ class FusedInference(torch.nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = -(-len(x) // self.max_batch)
+        if self.threads is None or parts < 2 or self.runs[self.key(x)] < self.WARM_RUNS:
+            return self.predict(x)
+        # each thread takes a run of whole parts
+        ends = [self.max_batch * (parts * i // len(self.threads)) for i in range(1, len(self.threads))]
+        return torch.cat(self.threads.map(self.predict, x.tensor_split(ends)))
+
+    # TorchScript profiles a graph's first run and optimises it (oneDNN compiling its partitions) at the
+    # second: both on the calling thread, with all its threads, before the graph serves threads of one each
+    WARM_RUNS = 2
+
+    @staticmethod
+    def key(x: torch.Tensor) -> tuple:
+        return x.shape[1:], x.stride()[1:], x.dtype
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass of `x`, in parts of at most `max_batch` one after another."""
         if len(x) > self.max_batch:
-            return torch.cat([self(part) for part in x.split(self.max_batch)])
-        key = (x.shape[1:], x.stride()[1:], x.dtype)
+            return torch.cat([self.predict(part) for part in x.split(self.max_batch)])
+        key = self.key(x)
+        self.runs[key] += 1
         if key not in self.graphs:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed per key
@@ -152,6 +175,31 @@ class FusedInference(torch.nn.Module):
             # table): those shapes run eager, which also reports bad inputs in its own words
             self.graphs[key] = self.model
             return self.model(x)
+
+
+class BatchThreads:
+    """Runs a function over the parts of a batch side by side, each part in a thread of its own with its
+    share of this process's CPU threads (`Runtime.batch_parts`). With one thread per part no op waits at an
+    OpenMP barrier for the other core, and the parts' small ops run side by side."""
+
+    def __init__(self, parts: int):
+        self.total = torch.get_num_threads()
+        self.part_threads = [self.total // parts + (i < self.total % parts) for i in range(parts)]
+        self.pool = ThreadPoolExecutor(parts, thread_name_prefix="cct-part")
+
+    def __len__(self) -> int:
+        return len(self.part_threads)
+
+    def map(self, fn: Callable, *parts: Sequence) -> list:
+        """[fn(*args) for args in zip(*parts)], at most one call per thread, in order."""
+        def run(threads: int, *args):
+            torch.set_num_threads(threads)
+            return fn(*args)
+
+        try:
+            return list(self.pool.map(run, self.part_threads, *parts))
+        finally:
+            torch.set_num_threads(self.total)  # libgomp can hand a worker's thread count to this thread
 
 
 def keep_freed_memory() -> bool:

@@ -21,8 +21,8 @@ def step_gradients(model: torch.nn.Module, step: GradientStep, x: torch.Tensor, 
 
 def test_two_threads_give_the_logits_loss_and_gradients_of_one_pass():
     runtime = Runtime(device="cpu", precision="fp32", threads=2).resolve()
-    assert runtime.training_parts() == 2
-    assert Runtime(device="cpu", threads=2, split_batch_threads=False).resolve().training_parts() == 1
+    assert runtime.batch_parts() == 2
+    assert Runtime(device="cpu", threads=2, split_batch_threads=False).resolve().batch_parts() == 1
     torch.manual_seed(0)
     model = runtime.prepare(cct.create_model("cct_keras")).eval()  # no dropout: the passes compare exactly
     x, y = torch.rand(9, 3, 32, 32).to(memory_format=torch.channels_last), torch.randint(0, 10, (9,))

@@ -145,7 +145,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe, steps_per_epoch))
     gradients = GradientStep(
         forward, lambda logits, targets: F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing),
-        runtime, scaler, runtime.training_parts() if ranks.world == 1 else 1)  # DDP: one backward per step
+        runtime, scaler, runtime.batch_parts() if ranks.world == 1 else 1)  # DDP: one backward per step
 
     out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
                                        f"{datetime.now():%Y%m%d-%H%M%S}")

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 
 from ..models.layers import own_mask_seeds
-from ..runtime import Runtime
+from ..runtime import BatchThreads, Runtime
 
 
 class GradientStep:
     """The loss of a batch and its gradients, added to the parameters' .grad (the caller zeroes them).
 
-    With `parts` > 1 (`Runtime.training_parts`) the batch is split into that many parts, and each part's
-    forward and backward passes run in a thread of their own with its share of the CPU threads; each part's
-    loss is weighted by its share of the batch, so .grad sums to the gradient of the batch's mean loss, as in
-    one pass, up to rounding. The parts' small ops then run side by side instead of each being split between
-    the cores. Each part draws its dropout masks from a seed taken from torch's generator in order
-    (`own_mask_seeds`), so a run stays reproducible.
+    With `parts` > 1 (`Runtime.batch_parts`) the batch is split into that many parts, and each part's forward
+    and backward passes run in a thread of their own with its share of the CPU threads (`BatchThreads`); each
+    part's loss is weighted by its share of the batch, so .grad sums to the gradient of the batch's mean loss,
+    as in one pass, up to rounding. Each part draws its dropout masks from a seed taken from torch's generator
+    in order (`own_mask_seeds`), so a run stays reproducible.
 
     step(x (B, ...), targets (B, ...)) -> (logits (B, classes), the batch's mean loss), both detached.
     """
@@ -28,25 +26,19 @@ class GradientStep:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], runtime: Runtime,
                  scaler: torch.amp.GradScaler | None = None, parts: int = 1):
         self.forward, self.loss_fn, self.runtime, self.scaler = forward, loss_fn, runtime, scaler
-        self.part_threads = [runtime.threads // parts + (i < runtime.threads % parts) for i in range(parts)]
-        self.pool = ThreadPoolExecutor(parts, thread_name_prefix="cct-step") if parts > 1 else None
+        self.threads = BatchThreads(parts) if parts > 1 else None
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pool is None:
+        if self.threads is None:
             logits, loss = self.backward(x, targets)
             return logits.detach(), loss.detach()
-        parts = min(len(self.part_threads), len(x))
+        parts = min(len(self.threads), len(x))
         seeds = torch.randint(0, 2**63 - 1, (parts,)).tolist()
-        done = list(self.pool.map(self.part, x.tensor_split(parts), targets.tensor_split(parts), seeds,
-                                  self.part_threads[:parts], [len(x)] * parts))
-        # libgomp can hand a worker's thread count to this thread
-        torch.set_num_threads(self.runtime.threads)
+        done = self.threads.map(self.part, x.tensor_split(parts), targets.tensor_split(parts), seeds, [len(x)] * parts)
         loss = sum(loss * len(logits) for logits, loss in done) / len(x)
         return torch.cat([logits for logits, _ in done]), loss
 
-    def part(self, x: torch.Tensor, targets: torch.Tensor, seed: int, threads: int,
-             batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        torch.set_num_threads(threads)
+    def part(self, x: torch.Tensor, targets: torch.Tensor, seed: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         with own_mask_seeds(seed):
             logits, loss = self.backward(x, targets, len(x) / batch)
         return logits.detach(), loss.detach()
