@@ -113,7 +113,9 @@ class FusedInference(torch.nn.Module):
     """A frozen model for CPU inference through oneDNN Graph: its forward pass is traced and frozen by
     TorchScript once per image layout and dtype, and oneDNN fuses the traced graph (conv + max-pool + ReLU,
     linear + bias + GELU, each whole attention product), which runs the seed model 1.3x faster in bf16 and
-    1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph unfused.
+    1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph unfused. A
+    batch of more than `max_batch` images runs in parts; with `parts` > 1 (`Runtime.batch_parts`), once its
+    graph is warm, each of that many threads takes a run of them (`BatchThreads`).
 
     (B, C, H, W) -> the model's output; `config` and the parameters are the model's.
     """
@@ -148,8 +150,10 @@ class FusedInference(torch.nn.Module):
         ends = [self.max_batch * (parts * i // len(self.threads)) for i in range(1, len(self.threads))]
         return torch.cat(self.threads.map(self.predict, x.tensor_split(ends)))
 
-    # TorchScript profiles a graph's first run and optimises it (oneDNN compiling its partitions) at the
-    # second: both on the calling thread, with all its threads, before the graph serves threads of one each
+    # TorchScript profiles a graph's first run and optimises it at the second, when oneDNN compiles its
+    # partitions for the calling thread's thread count: all threads, before the graph serves the part threads.
+    # Its kernels keep that count there (each part's thread runs a team of its own), and ran faster so than
+    # graphs compiled for one thread in each part's thread (benchmarks/README.md)
     WARM_RUNS = 2
 
     @staticmethod
