@@ -183,8 +183,9 @@ class FusedInference(torch.nn.Module):
 
 class BatchThreads:
     """Runs a function over the parts of a batch side by side, each part in a thread of its own with its
-    share of this process's CPU threads (`Runtime.batch_parts`). With one thread per part no op waits at an
-    OpenMP barrier for the other core, and the parts' small ops run side by side."""
+    share of this process's CPU threads (`Runtime.batch_parts`). With one thread per part, the parts' eager ops
+    run side by side, none waiting at an OpenMP barrier for the other core (`FusedInference`'s compiled
+    kernels keep the thread count they were compiled for)."""
 
     def __init__(self, parts: int):
         self.total = torch.get_num_threads()
