@@ -33,14 +33,16 @@ class GradientStep:
             logits, loss = self.backward(x, targets)
             return logits.detach(), loss.detach()
         parts = min(len(self.threads), len(x))
+        xs = x.tensor_split(parts)
+        weights = [len(part) / len(x) for part in xs]
         seeds = torch.randint(0, 2**63 - 1, (parts,)).tolist()
-        done = self.threads.map(self.part, x.tensor_split(parts), targets.tensor_split(parts), seeds, [len(x)] * parts)
-        loss = sum(loss * len(logits) for logits, loss in done) / len(x)
+        done = self.threads.map(self.part, xs, targets.tensor_split(parts), seeds, weights)
+        loss = sum(loss * weight for (_, loss), weight in zip(done, weights))
         return torch.cat([logits for logits, _ in done]), loss
 
-    def part(self, x: torch.Tensor, targets: torch.Tensor, seed: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def part(self, x: torch.Tensor, targets: torch.Tensor, seed: int, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
         with own_mask_seeds(seed):
-            logits, loss = self.backward(x, targets, len(x) / batch)
+            logits, loss = self.backward(x, targets, weight)
         return logits.detach(), loss.detach()
 
     def backward(self, x: torch.Tensor, targets: torch.Tensor,
