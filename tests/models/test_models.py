@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import cct
 from cct.models.layers import (Attention, ConvTokenizer, Dropout, DropPath, KerasEncoderBlock, KerasPaddedMaxPool,
-                               PaperEncoderBlock, SequencePooling, sinusoidal_embedding)
+                               PaperEncoderBlock, SequencePooling, resample_position_grid,
+                               sinusoidal_embedding)
 
 # The authors' table (reference.md section 2): parameters in millions and GMACs, CIFAR models at 32x32.
 PAPER_TABLE = {
@@ -141,6 +142,9 @@ def test_other_image_sizes_get_resampled_or_recomputed_position_tables():
     assert torch.allclose(model.position_table(144), torch.full((1, 144, 128), 0.25))  # 48 x 48 images
     (model.position_table(16) ** 2).sum().backward()
     assert model.pos_embed.grad.abs().sum() > 0  # training at another size trains the model's own table
+    table = torch.randn(1, 64, 128)  # a model frozen in bf16 (torch has no bf16 antialiased resampling on the CPU)
+    assert torch.equal(resample_position_grid(table.bfloat16(), 16),
+                       resample_position_grid(table.bfloat16().float(), 16).bfloat16())
     classed = cct.create_model("vit_lite_6_4_32")  # a class token, then an 8 x 8 grid
     assert torch.equal(classed.position_table(17)[:, 0], classed.pos_embed[:, 0])
     sine = cct.create_model("cct_4_3x2_32_sine")

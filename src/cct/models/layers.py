@@ -192,9 +192,9 @@ def resample_position_grid(table: torch.Tensor, num_tokens: int, prefix: int = 0
     side, new_side = math.isqrt(table.shape[1] - prefix), math.isqrt(num_tokens)
     if side * side != table.shape[1] - prefix or new_side * new_side != num_tokens:
         return None
-    grid = table[:, prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = table[:, prefix:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()  # no bf16 antialiasing on the CPU
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", antialias=new_side < side, align_corners=False)
-    return torch.cat([table[:, :prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+    return torch.cat([table[:, :prefix], grid.flatten(2).transpose(1, 2).to(table.dtype)], dim=1)
 
 
 class Attention(nn.Module):
