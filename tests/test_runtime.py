@@ -87,13 +87,19 @@ def test_frozen_bf16_model_runs_fused_in_bf16_and_keeps_the_logits():
     runtime = Runtime(device="cpu", precision="bf16").resolve()
     model = runtime.prepare(cct.create_model("cct_keras", pretrained="cifar10").eval(), frozen=True)
     assert isinstance(model, FusedInference) and model.config.name == "cct_2_3x2_32_keras"
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    assert {p.dtype for p in model.parameters() if id(p) not in norms} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if id(p) in norms} == {torch.float32}  # as oneDNN fuses them
     for _ in range(3):  # TorchScript optimises (and oneDNN compiles) the graph on the second call
         low = predict_logits(model, images, runtime=runtime)
         assert low.dtype == torch.float32 and not torch.equal(low, full)
         assert (low - full).abs().max() < 0.05 * full.abs().max()
         assert torch.equal(low.argmax(1), full.argmax(1))
     assert [type(g) for g in model.graphs.values()] == [torch.jit.RecursiveScriptModule]
+    with torch.profiler.profile() as profile:
+        predict_logits(model, images, runtime=runtime)
+    ops = {event.name for event in profile.events()}
+    assert any(op.startswith("LlgaPartition") for op in ops) and "aten::native_layer_norm" not in ops
 
 
 def test_fused_fp32_inference_matches_eager_for_every_batch_and_image_size():

@@ -127,6 +127,9 @@ class FusedInference(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, parts: int = 1):
         super().__init__()
         self.model = model.requires_grad_(False)
+        for norm in (m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)):
+            # oneDNN Graph fuses LayerNorm only with fp32 scale and shift (with bf16 ones aten runs it, 2x slower)
+            norm.float()
         self.graphs: dict[tuple, torch.nn.Module] = {}  # a traced graph, or the model where oneDNN fails
         self.runs = collections.Counter()  # of each graph
         self.threads = BatchThreads(parts) if parts > 1 else None
