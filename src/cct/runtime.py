@@ -112,8 +112,8 @@ class Runtime:
 class FusedInference(torch.nn.Module):
     """A frozen model for CPU inference through oneDNN Graph: its forward pass is traced and frozen by
     TorchScript once per image layout and dtype, and oneDNN fuses the traced graph (conv + max-pool + ReLU,
-    linear + bias + GELU, each whole attention product), which runs the seed model 1.3x faster in bf16 and
-    1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph unfused. A
+    linear + bias + GELU, LayerNorm with its scale and shift in fp32), which runs the seed model 1.3x faster
+    in bf16 and 1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph unfused. A
     batch of more than `max_batch` images runs in parts; with `parts` > 1 (`Runtime.batch_parts`), once its
     graph is warm, each of that many threads takes a run of them (`BatchThreads`).
 
@@ -128,8 +128,7 @@ class FusedInference(torch.nn.Module):
         super().__init__()
         self.model = model.requires_grad_(False)
         for norm in (m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)):
-            # oneDNN Graph fuses LayerNorm only with fp32 scale and shift (with bf16 ones aten runs it, 2x slower)
-            norm.float()
+            norm.float()  # oneDNN Graph leaves a LayerNorm with bf16 scale and shift to aten, 2x slower
         self.graphs: dict[tuple, torch.nn.Module] = {}  # a traced graph, or the model where oneDNN fails
         self.runs = collections.Counter()  # of each graph
         self.threads = BatchThreads(parts) if parts > 1 else None
