@@ -113,9 +113,9 @@ class FusedInference(torch.nn.Module):
     """A frozen model for CPU inference through oneDNN Graph: its forward pass is traced and frozen by
     TorchScript once per image layout and dtype, and oneDNN fuses the traced graph (conv + max-pool + ReLU,
     linear + bias + GELU, LayerNorm with its scale and shift in fp32), which runs the seed model 1.3x faster
-    in bf16 and 1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph unfused. A
-    batch of more than `max_batch` images runs in parts; with `parts` > 1 (`Runtime.batch_parts`), once its
-    graph is warm, each of that many threads takes a run of them (`BatchThreads`).
+    in bf16 and 1.45x in fp32 than eager. A batch of another size than the traced one may run the same graph
+    unfused. A batch of more than `max_batch` images runs in parts; with `parts` > 1 (`Runtime.batch_parts`),
+    once its graph is warm, each of that many threads takes a run of them (`BatchThreads`).
 
     (B, C, H, W) -> the model's output; `config` and the parameters are the model's.
     """
