@@ -171,7 +171,8 @@ def test_fused_inference_stays_in_eval_mode():
 
 def test_channels_last_off_gives_contiguous_inputs():
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    assert to_model_input(images, "cpu").is_contiguous(memory_format=torch.channels_last)
+    converted = to_model_input(images, "cpu")
+    assert converted.is_contiguous(memory_format=torch.channels_last) and torch.equal(converted, images.float() / 255)
     plain = to_model_input(images, "cpu", channels_last=False)
     assert plain.is_contiguous() and torch.equal(plain, images.float() / 255)
 
