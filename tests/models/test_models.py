@@ -172,6 +172,9 @@ def test_any_input_size_and_class_count():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(cct.CCTError, match="unknown model 'cct_3_3x2_32'"):
         cct.create_model("cct_3_3x2_32")
+    with pytest.raises(cct.CCTError) as error:
+        cct.create_model("cct_7_3x1")
+    assert str(error.value).endswith("similar: cct_7_3x1_32, cct_7_3x2_32, cct_6_3x1_32, cct_7_3x1_32_sine, cct_6_3x2_32")
 
 
 def test_keras_block_applies_gelu_after_both_mlp_layers():

@@ -6,6 +6,7 @@ cvt_{layers}_{patch}_{resolution}; a `_sine` suffix swaps the learnable position
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from dataclasses import fields, replace
 
@@ -56,7 +57,7 @@ def model_config(name: str, **overrides) -> CCTConfig:
     """The registered config of `name` (or an alias), with fields replaced by `overrides` (None is ignored)."""
     canonical = _ALIASES.get(name, name)
     if canonical not in _MODELS:
-        close = [n for n in list_models() if name.split("_")[0] in n][:5]
+        close = difflib.get_close_matches(name, list_models(include_aliases=True), n=5)
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise CCTError(f"unknown model '{name}' (see `cct models`){hint}")
     known = {f.name for f in fields(CCTConfig)}
