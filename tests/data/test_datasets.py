@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cct.data import CIFAR, build_augmentation, load_cifar, load_image_folder
+from cct.data import CIFAR, build_augmentation, load_cifar, load_dataset, load_image_folder
 from cct.errors import CCTError
 from tests.conftest import md5_of, write_cifar10_archive
 from tests.helpers import write_image
@@ -113,6 +113,15 @@ def test_folder_dataset_names_an_unreadable_image(tmp_path):
     (tmp_path / "cats" / "broken.png").write_bytes(b"this is text, not a PNG")
     with pytest.raises(CCTError, match="broken.png: not a readable image"):
         load_image_folder(tmp_path, 32)
+
+
+def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
+    for split, classes in (("train", ["cats", "dogs", "owls"]), ("test", ["cats", "dogs", "horses"])):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            write_image(tmp_path / split / cls / "0.png", (32, 32))
+    with pytest.raises(CCTError, match=r"different class folders \(only in train/: owls; only in test/: horses\)$"):
+        load_dataset(str(tmp_path), tmp_path)
 
 
 def test_flip_is_drawn_per_image():
