@@ -179,9 +179,25 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"
+    saved = {}
+
+    def poison_after_the_first_epoch(epoch: int, model: cct.CCT) -> None:
+        saved.update({name: (out / name).read_bytes() for name in ("best.safetensors", "last.safetensors")})
+        with torch.no_grad():
+            model.head.weight.fill_(float("inf"))
+
+    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 2 \(step 5\)"):
+        train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(), out=str(out)),
+              on_epoch_end=poison_after_the_first_epoch)
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+
+
+def test_training_into_a_finished_run_folder_is_refused_and_leaves_it_alone(tmp_path, capsys):
+    data = write_color_dataset(tmp_path / "colors")
+    out = tmp_path / "run"
     train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
-    good = (out / "last.safetensors").read_bytes()
-    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 1 \(step 5\)"):
-        train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, lr=float("inf")),
-                        out=str(out)))
-    assert (out / "last.safetensors").read_bytes() == good
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(out), "--epochs", "1"]) == 1
+    assert capsys.readouterr().err.strip().endswith(
+        f"{out}: already holds a run; continue it with `cct train --resume {out}`, or choose another --out")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before

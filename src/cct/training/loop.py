@@ -101,6 +101,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     checkpoint (benchmarks use it)."""
     recipe = run.recipe
     model_config(run.model)  # an unknown name fails before any data is read
+    if run.out and not resume and (Path(run.out) / "config.json").exists():
+        raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
+                       "or choose another --out")
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
