@@ -166,8 +166,7 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
                        "test/ subfolders of class folders")
     train, test = load_image_folder(root / "train", img_size), load_image_folder(root / "test", img_size)
     if train.classes != test.classes:
-        only = [f"only in {split}/: {', '.join(sorted(set(mine) - set(other)))}"
-                for split, mine, other in (("train", train.classes, test.classes), ("test", test.classes, train.classes))
-                if set(mine) - set(other)]
+        splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
+        only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
     return train, test
