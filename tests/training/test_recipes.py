@@ -1,4 +1,4 @@
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 
@@ -6,6 +6,7 @@ from cct.cli import main
 from cct.errors import CCTError
 from cct.training import RECIPES, Recipe, get_recipe
 from cct.training.loop import epoch_image_size, lr_multiplier
+from cct.training.recipes import _FIELD_RULES
 
 
 def test_keras_example_is_the_seed_recipe():
@@ -86,3 +87,32 @@ def test_progressive_resize_stages_from_json_lists_and_epoch_sizes():
     for bad in ([16, 2], [[16]], [[0, 2]], [[16, 2.5]]):
         with pytest.raises(CCTError, match=r"recipe field progressive_resize: expected \[\[size, epochs\], \.\.\.\]"):
             get_recipe("fast").with_overrides({"progressive_resize": bad})
+
+
+@pytest.mark.parametrize("field, bad, expected", [
+    ("epochs", 0, "an integer of at least 1, got 0"),
+    ("batch_size", 2.5, "an integer of at least 1, got 2.5"),
+    ("lr", -1, "a number above 0, got -1"),
+    ("lr", "1e-3", "a number above 0, got '1e-3'"),
+    ("betas", [0.9, 1.5], r"\[beta1, beta2\] in \[0, 1\), got \[0.9, 1.5\]"),
+    ("schedule", "linear", "\"constant\" or \"cosine\", got 'linear'"),
+    ("dropout", 1.0, r"null or a number in \[0, 1\), got 1.0"),
+    ("hflip", 1, "true or false, got 1"),
+    ("limit_train", 0, "null or an integer of at least 1, got 0"),
+    ("resized_crop_scale", [0.9, 0.8], r"null or \[min, max\] area fractions, 0 < min <= max <= 1, got \[0.9, 0.8\]"),
+])
+def test_a_bad_recipe_field_is_a_clear_error(field, bad, expected):
+    with pytest.raises(CCTError, match=f"^recipe field {field}: expected {expected}$"):
+        get_recipe("keras-example").with_overrides({field: bad})
+
+
+def test_every_recipe_field_is_checked_and_the_named_recipes_pass():
+    assert set(_FIELD_RULES) == {f.name for f in fields(Recipe)} - {"name"}
+    for recipe in RECIPES.values():
+        assert all(valid(getattr(recipe, name)) for name, (valid, _) in _FIELD_RULES.items())
+
+
+def test_cct_train_with_a_bad_option_fails_in_one_line_before_reading_data(tmp_path, capsys):
+    assert main(["train", "--model", "cct_keras", "--dataset", str(tmp_path / "nothing"), "--batch-size", "0"]) == 1
+    error = "cct: error: recipe field batch_size: expected an integer of at least 1, got 0"
+    assert capsys.readouterr().err.strip() == error
