@@ -43,6 +43,20 @@ def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
     assert lines[1].split()[-1] in "abcdefghij"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "x.png", "--top-k", "0"], "argument --top-k: expected an integer of at least 1, got '0'"),
+    (["serve", "--port", "99999"], "argument --port: expected an integer from 0 to 65535, got '99999'"),
+    (["serve", "--max-concurrent", "0"], "argument --max-concurrent: expected an integer of at least 1, got '0'"),
+    (["train", "--threads", "two"], "argument --threads: expected an integer of at least 1, got 'two'"),
+    (["train", "--checkpoint-every", "-3"], "argument --checkpoint-every: expected an integer of at least 0, got '-3'"),
+])
+def test_a_bad_count_is_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"cct {argv[0]}: error: {message}"
+
+
 def test_unknown_model_fails_before_touching_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _fails_with(["train", "--model", "resnet50"], capsys, "unknown model 'resnet50'")

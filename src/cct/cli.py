@@ -192,6 +192,20 @@ def key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+def integer_in(low: int, high: int | None = None):
+    """An argparse type: an integer from `low` to `high` (inclusive; None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}")
+        return value
+    return parse
+
+
 def _add_model_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", "-c", help="a run folder, a model-card folder or a .safetensors checkpoint")
@@ -231,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-batch-threads", action=argparse.BooleanOptionalAction, default=True,
                    help="on the CPU, training steps and fused inference split each batch between two threads, each "
                         "with half the cores")
-    p.add_argument("--threads", type=int, help="CPU threads (default: one per available core)")
+    p.add_argument("--threads", type=integer_in(1), help="CPU threads (default: one per available core)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -243,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field of the model config, e.g. --model-arg positional_embedding=sine")
     p.add_argument("--recipe-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the recipe (see `cct recipes`), e.g. --recipe-arg ema_decay=0.999")
-    p.add_argument("--nproc", type=int, default=1, help="train in N processes (torchrun on this machine)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+    p.add_argument("--nproc", type=integer_in(1), default=1, help="train in N processes (torchrun on this machine)")
+    p.add_argument("--checkpoint-every", type=integer_in(0), default=0, metavar="K",
                    help="also save the training state every K steps (it is always saved at epoch ends)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log the metrics for TensorBoard in RUN/tensorboard (needs the tensorboard extra)")
@@ -263,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="top-k classes of image files")
     p.add_argument("images", nargs="+")
     _add_model_source(p)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=integer_in(1), default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
@@ -283,11 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="a JSON API and a web page for a model, on loopback")
     _add_model_source(p)
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=integer_in(0, 65535), default=8000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-upload-mb", type=int, default=10)
-    p.add_argument("--max-concurrent", type=int, default=4, help="predictions at once; others wait")
+    p.add_argument("--max-upload-mb", type=integer_in(1), default=10)
+    p.add_argument("--max-concurrent", type=integer_in(1), default=4, help="predictions at once; others wait")
     p.set_defaults(func=_serve)
 
     p = commands.add_parser("card", help="write a model card folder (config.json, model.safetensors, README.md) "
