@@ -135,3 +135,11 @@ def test_class_token_models_serve_without_a_heatmap():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_port_in_use_is_a_one_line_error(server, capsys):
+    from cct.cli import main
+
+    port = server.server_address[1]
+    assert main(["serve", "--port", str(port)]) == 1
+    assert capsys.readouterr().err.strip() == f"cct: error: cannot serve at 127.0.0.1:{port}: Address already in use"

@@ -155,6 +155,10 @@ class Handler(BaseHTTPRequestHandler):
 def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000,
           limits: ServeLimits = ServeLimits()) -> None:
     """Serve until interrupted."""
-    with PredictionServer((host, port), classifier, limits) as server:
+    try:
+        server = PredictionServer((host, port), classifier, limits)
+    except OSError as e:
+        raise CCTError(f"cannot serve at {host}:{port}: {e.strerror or e}") from None
+    with server:
         print(f"serving {classifier.model.config.name} at {server.url} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
