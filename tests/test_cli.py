@@ -69,6 +69,14 @@ def test_unknown_recipe(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bad_model_args_fail_before_touching_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _fails_with(["train", "--model-arg", "num_classes=3"], capsys,
+                "model config num_classes: set by the dataset, not by --model-arg")
+    _fails_with(["train", "--model-arg", "style=x"], capsys, 'model config field style: expected "paper" or "keras"')
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_dataset(tmp_path, capsys):
     _fails_with(["train", "--dataset", str(tmp_path / "nope")], capsys, "unknown dataset")
 

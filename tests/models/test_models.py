@@ -174,7 +174,21 @@ def test_unknown_model_is_a_clear_error():
         cct.create_model("cct_3_3x2_32")
     with pytest.raises(cct.CCTError) as error:
         cct.create_model("cct_7_3x1")
-    assert str(error.value).endswith("similar: cct_7_3x1_32, cct_7_3x2_32, cct_6_3x1_32, cct_7_3x1_32_sine, cct_6_3x2_32")
+    similar = "cct_7_3x1_32, cct_7_3x2_32, cct_6_3x1_32, cct_7_3x1_32_sine, cct_6_3x2_32"
+    assert str(error.value).endswith(f"similar: {similar}")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"dropout": 2}, r"dropout: expected a number in \[0, 1\), got 2"),
+    ({"positional_embedding": "foo"}, "positional_embedding: expected \"learnable\", \"sine\" or \"none\", got 'foo'"),
+    ({"embed_dim": -3}, "embed_dim: expected an integer of at least 1, got -3"),
+    ({"mlp_ratio": "2"}, "mlp_ratio: expected a number above 0, got '2'"),
+    ({"mean": (0.5, 0.5)}, r"mean: expected 3 values \(in_chans\), got \[0.5, 0.5\]"),
+    ({"class_names": ("cat",)}, r"class_names: expected 10 names \(num_classes\) or none, got 1"),
+])
+def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
+    with pytest.raises(cct.CCTError, match=f"^model config field {message}$"):
+        cct.create_model("cct_2_3x2_32", **overrides)
 
 
 def test_keras_block_applies_gelu_after_both_mlp_layers():

@@ -58,6 +58,17 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
         load_checkpoint(tmp_path / "x.safetensors")
 
 
+def test_a_checkpoint_with_a_bad_model_config_names_the_file_and_the_field(saved):
+    model, path = saved
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    header = {"format": "cct-checkpoint/1", "model": {**model.config.to_dict(), "dropout": 1.5},
+              "sha256": tensors_sha256(tensors), "info": {}}
+    save_file(tensors, path, metadata={k: json.dumps(v) for k, v in header.items()})
+    with pytest.raises(cct.CCTError, match=r"best.safetensors: not a valid model config \(model config field "
+                                           r"dropout: expected a number in \[0, 1\), got 1.5\)$"):
+        load_checkpoint(path)
+
+
 def test_a_file_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.safetensors").write_text("hello")
     with pytest.raises(cct.CCTError, match="notes.safetensors: not a readable checkpoint"):

@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import CCTError
+from ..validation import FRACTION, check_fields, integer, number, one_of, optional, positive
 from .layers import (ConvTokenizer, Dropout, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
                      resample_position_grid, sinusoidal_embedding)
 
@@ -46,6 +48,16 @@ class CCTConfig:
     std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
     class_names: tuple[str, ...] = field(default=())
 
+    def __post_init__(self):
+        check_fields(self, _CONFIG_RULES, "model config")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != self.in_chans:
+                raise CCTError(f"model config field {name}: expected {self.in_chans} values (in_chans), "
+                               f"got {list(getattr(self, name))}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise CCTError(f"model config field class_names: expected {self.num_classes} names (num_classes) "
+                           f"or none, got {len(self.class_names)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -57,6 +69,26 @@ class CCTConfig:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         tuples = {"mean", "std", "class_names"}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+_COUNT = (integer(1), "an integer of at least 1")
+_CONFIG_RULES = {  # field: (check, what it expects), checked whenever a model config is made
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "num_layers": _COUNT, "num_heads": _COUNT, "embed_dim": _COUNT, "img_size": _COUNT, "in_chans": _COUNT,
+    "num_classes": _COUNT, "kernel_size": _COUNT, "num_convs": _COUNT, "patch_size": _COUNT,
+    "mlp_ratio": (positive, "a number above 0"),
+    "style": (one_of("paper", "keras"), '"paper" or "keras"'),
+    "tokenizer": (one_of("conv", "patch"), '"conv" or "patch"'),
+    "head_dim": (optional(integer(1)), "null or an integer of at least 1"),
+    "pooling": (one_of("sequence", "class_token"), '"sequence" or "class_token"'),
+    "positional_embedding": (one_of("learnable", "sine", "none"), '"learnable", "sine" or "none"'),
+    "dropout": (FRACTION, "a number in [0, 1)"),
+    "attention_dropout": (FRACTION, "a number in [0, 1)"),
+    "stochastic_depth": (FRACTION, "a number in [0, 1)"),
+    "mean": (lambda v: isinstance(v, tuple) and all(map(number(-float("inf")), v)), "[numbers, one per channel]"),
+    "std": (lambda v: isinstance(v, tuple) and all(map(positive, v)), "[numbers above 0, one per channel]"),
+    "class_names": (lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v), "[strings]"),
+}
 
 
 class CCT(nn.Module):

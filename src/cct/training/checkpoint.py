@@ -81,7 +81,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = resolve_checkpoint(path)
     tensors, header = read_tensors(path, FORMAT)
     try:
-        model = CCT(CCTConfig.from_dict(header["model"]))
+        config = CCTConfig.from_dict(header.get("model", {}))
+    except (CCTError, TypeError, ValueError) as e:
+        raise CCTError(f"{path}: not a valid model config ({e})") from e
+    try:
+        model = CCT(config)
         model.load_state_dict(tensors)
     except (TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0]

@@ -100,7 +100,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
     checkpoint (benchmarks use it)."""
     recipe = run.recipe
-    model_config(run.model)  # an unknown name fails before any data is read
+    from_data = sorted(set(run.model_args) & {"num_classes", "img_size", "class_names"})
+    if from_data:
+        raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
+    model_config(run.model, **{**recipe.model_overrides(), **run.model_args})  # a bad model fails before the data
     if run.out and not resume and (Path(run.out) / "config.json").exists():
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ..errors import CCTError
+from ..validation import (FRACTION, NON_NEGATIVE, PROBABILITY, boolean, check_fields, integer, number, one_of,
+                          optional, positive, tuple_of)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,7 @@ class Recipe:
     limit_test: int | None = None
 
     def __post_init__(self):
-        for name, (valid, expected) in _FIELD_RULES.items():
-            value = getattr(self, name)
-            if not valid(value):
-                raise CCTError(f"recipe field {name}: expected {expected}, got {_lists(value)!r}")
+        check_fields(self, _FIELD_RULES, "recipe")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,62 +76,42 @@ class Recipe:
         return cls(**{k: _tuples(v) for k, v in data.items() if k in known})
 
 
-def _integer(low: int):
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _number(low: float, high: float = float("inf"), high_included: bool = False):
-    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and low <= v and (v <= high if high_included else v < high))
-
-
-def _optional(valid):
-    return lambda v: v is None or valid(v)
-
-
-def _tuple_of(*valid):
-    return lambda v: isinstance(v, tuple) and len(v) == len(valid) and all(ok(x) for ok, x in zip(valid, v))
-
-
-_FRACTION, _PROBABILITY, _NON_NEGATIVE = _number(0.0, 1.0), _number(0.0, 1.0, True), _number(0.0)
-_POSITIVE, _BOOLEAN = lambda v: _NON_NEGATIVE(v) and v > 0, lambda v: isinstance(v, bool)
-_FIELD_RULES = {  # field: (valid, what is expected), checked whenever a recipe is made
-    "epochs": (_integer(1), "an integer of at least 1"),
-    "batch_size": (_integer(1), "an integer of at least 1"),
-    "eval_batch_size": (_integer(1), "an integer of at least 1"),
-    "lr": (_POSITIVE, "a number above 0"),
-    "eps": (_POSITIVE, "a number above 0"),
-    "betas": (_tuple_of(_FRACTION, _FRACTION), "[beta1, beta2] in [0, 1)"),
-    "weight_decay": (_NON_NEGATIVE, "a number of at least 0"),
-    "label_smoothing": (_FRACTION, "a number in [0, 1)"),
-    "val_size": (_integer(0), "an integer of at least 0"),
-    "crop_padding": (_integer(0), "an integer of at least 0"),
-    "hflip": (_BOOLEAN, "true or false"),
-    "schedule": (lambda v: v in ("constant", "cosine"), '"constant" or "cosine"'),
-    "warmup_epochs": (_NON_NEGATIVE, "a number of at least 0"),
-    "min_lr": (_NON_NEGATIVE, "a number of at least 0"),
-    "warmup_lr": (_NON_NEGATIVE, "a number of at least 0"),
-    "resized_crop_scale": (_optional(lambda v: _tuple_of(_POSITIVE, _number(0.0, 1.0, True))(v) and v[0] <= v[1]),
+_FIELD_RULES = {  # field: (check, what it expects), checked whenever a recipe is made
+    "epochs": (integer(1), "an integer of at least 1"),
+    "batch_size": (integer(1), "an integer of at least 1"),
+    "eval_batch_size": (integer(1), "an integer of at least 1"),
+    "lr": (positive, "a number above 0"),
+    "eps": (positive, "a number above 0"),
+    "betas": (tuple_of(FRACTION, FRACTION), "[beta1, beta2] in [0, 1)"),
+    "weight_decay": (NON_NEGATIVE, "a number of at least 0"),
+    "label_smoothing": (FRACTION, "a number in [0, 1)"),
+    "val_size": (integer(0), "an integer of at least 0"),
+    "crop_padding": (integer(0), "an integer of at least 0"),
+    "hflip": (boolean, "true or false"),
+    "schedule": (one_of("constant", "cosine"), '"constant" or "cosine"'),
+    "warmup_epochs": (NON_NEGATIVE, "a number of at least 0"),
+    "min_lr": (NON_NEGATIVE, "a number of at least 0"),
+    "warmup_lr": (NON_NEGATIVE, "a number of at least 0"),
+    "resized_crop_scale": (optional(lambda v: tuple_of(positive, number(0.0, 1.0, True))(v) and v[0] <= v[1]),
                            "null or [min, max] area fractions, 0 < min <= max <= 1"),
-    "auto_augment": (_BOOLEAN, "true or false"),
-    "rand_augment": (_optional(_tuple_of(_integer(0), _NON_NEGATIVE, _NON_NEGATIVE)),
+    "auto_augment": (boolean, "true or false"),
+    "rand_augment": (optional(tuple_of(integer(0), NON_NEGATIVE, NON_NEGATIVE)),
                      "null or [number of ops, magnitude, magnitude std], each at least 0"),
-    "random_erasing": (_PROBABILITY, "a probability in [0, 1]"),
-    "progressive_resize": (lambda v: isinstance(v, tuple) and all(
-        isinstance(stage, tuple) and len(stage) == 2 and all(map(_integer(1), stage)) for stage in v),
-        "[[size, epochs], ...] of positive integers"),
-    "mixup_alpha": (_NON_NEGATIVE, "a number of at least 0"),
-    "cutmix_alpha": (_NON_NEGATIVE, "a number of at least 0"),
-    "mix_switch_prob": (_PROBABILITY, "a probability in [0, 1]"),
-    "mix_off_epoch": (_optional(_integer(0)), "null or an integer of at least 0"),
-    "ema_decay": (_FRACTION, "a number in [0, 1)"),
-    "dropout": (_optional(_FRACTION), "null or a number in [0, 1)"),
-    "attention_dropout": (_optional(_FRACTION), "null or a number in [0, 1)"),
-    "stochastic_depth": (_optional(_FRACTION), "null or a number in [0, 1)"),
-    "tta_flip": (_BOOLEAN, "true or false"),
-    "seed": (_integer(0), "an integer of at least 0"),
-    "limit_train": (_optional(_integer(1)), "null or an integer of at least 1"),
-    "limit_test": (_optional(_integer(1)), "null or an integer of at least 1"),
+    "random_erasing": (PROBABILITY, "a probability in [0, 1]"),
+    "progressive_resize": (lambda v: isinstance(v, tuple) and all(map(tuple_of(integer(1), integer(1)), v)),
+                           "[[size, epochs], ...] of positive integers"),
+    "mixup_alpha": (NON_NEGATIVE, "a number of at least 0"),
+    "cutmix_alpha": (NON_NEGATIVE, "a number of at least 0"),
+    "mix_switch_prob": (PROBABILITY, "a probability in [0, 1]"),
+    "mix_off_epoch": (optional(integer(0)), "null or an integer of at least 0"),
+    "ema_decay": (FRACTION, "a number in [0, 1)"),
+    "dropout": (optional(FRACTION), "null or a number in [0, 1)"),
+    "attention_dropout": (optional(FRACTION), "null or a number in [0, 1)"),
+    "stochastic_depth": (optional(FRACTION), "null or a number in [0, 1)"),
+    "tta_flip": (boolean, "true or false"),
+    "seed": (integer(0), "an integer of at least 0"),
+    "limit_train": (optional(integer(1)), "null or an integer of at least 1"),
+    "limit_test": (optional(integer(1)), "null or an integer of at least 1"),
 }
 
 RECIPES: dict[str, Recipe] = {
@@ -171,11 +150,6 @@ RECIPES: dict[str, Recipe] = {
                         schedule="cosine", warmup_epochs=3, min_lr=1e-5, auto_augment=True, ema_decay=0.9995,
                         tta_flip=True),
 }
-
-
-def _lists(value):
-    """Tuples, nested too, as the JSON lists they came from."""
-    return [_lists(v) for v in value] if isinstance(value, tuple) else value
 
 
 def _tuples(value):
