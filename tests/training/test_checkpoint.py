@@ -84,3 +84,12 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         atomic_write(target, 12345)  # neither bytes nor str: the write fails midway
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["best.json"]
+
+
+def test_a_path_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path):
+    with pytest.raises(cct.CCTError, match=r"missing/best.json: cannot write \(No such file or directory\)$"):
+        atomic_write(tmp_path / "missing" / "best.json", "data")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(cct.CCTError, match=r"taken: cannot write \(Is a directory\)$"):
+        atomic_write(tmp_path / "taken", "data")
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"] and not any((tmp_path / "taken").iterdir())
