@@ -192,7 +192,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert {name: (out / name).read_bytes() for name in saved} == saved
 
 
-def test_training_into_a_finished_run_folder_is_refused_and_leaves_it_alone(tmp_path, capsys):
+def test_training_into_a_finished_run_folder_or_a_file_is_refused_and_leaves_it_alone(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"
     train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
@@ -201,3 +201,5 @@ def test_training_into_a_finished_run_folder_is_refused_and_leaves_it_alone(tmp_
     assert capsys.readouterr().err.strip().endswith(
         f"{out}: already holds a run; continue it with `cct train --resume {out}`, or choose another --out")
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert main(["train", "--dataset", str(data), "--out", str(out / "config.json")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{out / 'config.json'}: a file, not a run folder")

@@ -107,6 +107,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     if run.out and not resume and (Path(run.out) / "config.json").exists():
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")
+    if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
+        raise CCTError(f"{run.out}: a file, not a run folder")
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
@@ -157,7 +159,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                                        f"{datetime.now():%Y%m%d-%H%M%S}")
     run.out = str(out)
     if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CCTError(f"{out}: cannot create the run folder ({e.strerror or e})") from e
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
