@@ -274,7 +274,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
-        raise CCTError(f"device '{name}' is not usable here ({str(e).splitlines()[0]})") from e
+        reason = str(e).splitlines()[0].split(". ")[0].rstrip(".")  # torch's first sentence; some go on for pages
+        raise CCTError(f"device '{name}' is not usable here ({reason})") from e
     return device
 
 
