@@ -103,7 +103,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     from_data = sorted(set(run.model_args) & {"num_classes", "img_size", "class_names"})
     if from_data:
         raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
-    model_config(run.model, **{**recipe.model_overrides(), **run.model_args})  # a bad model fails before the data
+    model_overrides = {**recipe.model_overrides(), **run.model_args}
+    model_config(run.model, **model_overrides)  # an unknown name or a bad field fails before the data is read
     if run.out and not resume and (Path(run.out) / "config.json").exists():
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")
@@ -133,7 +134,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     img_size = train_all.images.shape[-1]
 
     model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
-                         class_names=tuple(train_all.classes), **{**recipe.model_overrides(), **run.model_args})
+                         class_names=tuple(train_all.classes), **model_overrides)
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)
