@@ -44,3 +44,9 @@ def test_bad_inputs_are_clear_errors(classifier):
         classifier.predict(torch.zeros(7, 32, 32))
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
+    with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):
+        classifier.predict(torch.rand(3, 32, 32), top_k=0)
+
+
+def test_an_empty_list_gives_no_predictions(classifier):
+    assert classifier.predict([]) == []

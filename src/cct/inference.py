@@ -65,6 +65,10 @@ class Classifier:
         return torch.stack([_to_uint8(item, size) for item in items]), single
 
     def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
+        if top_k < 1:
+            raise CCTError(f"top_k must be at least 1, got {top_k}")
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            return []
         images, single = self.to_batch(inputs)
         probabilities = predict_logits(self.forward, images, runtime=self.runtime).softmax(dim=1)
         top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
