@@ -36,6 +36,14 @@ def test_fp16_needs_cuda():
         Runtime(device="cpu", precision="fp16").resolve()
 
 
+def test_a_bad_runtime_field_is_a_clear_error():
+    expected = '"auto", "fp32", "bf16" or "fp16"'
+    with pytest.raises(cct.CCTError, match=f"^runtime field precision: expected {expected}, got 'fp8'$"):
+        Runtime(precision="fp8")
+    with pytest.raises(cct.CCTError, match="^runtime field threads: expected null or an integer of at least 1, got 0$"):
+        Runtime(threads=0)
+
+
 def test_unusable_device_is_a_clear_error():
     with pytest.raises(cct.CCTError, match="device 'cuda:7' is not usable here"):
         Runtime(device="cuda:7").resolve()
