@@ -202,3 +202,14 @@ def test_training_into_a_finished_run_folder_or_a_file_is_refused_and_leaves_it_
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert main(["train", "--dataset", str(data), "--out", str(out / "config.json")]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{out / 'config.json'}: a file, not a run folder")
+
+
+def test_a_run_that_failed_before_its_first_epoch_ended_can_be_started_again(tmp_path):
+    data = write_color_dataset(tmp_path / "colors")
+    out = tmp_path / "run"
+    with pytest.raises(cct.CCTError, match="the loss became"):
+        train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, lr=1e300),
+                        out=str(out)))
+    assert sorted(path.name for path in out.iterdir()) == ["config.json"]
+    _, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
+    assert result is not None and (out / "best.safetensors").exists()

@@ -32,6 +32,9 @@ from .state import load_state, save_state
 from .step import GradientStep
 
 CSV_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "seconds"]
+# a folder with any of these holds a run that another would overwrite (one with only config.json failed before
+# its first epoch ended, and is taken over)
+RUN_FILES = ("state.safetensors", "best.safetensors", "last.safetensors")
 
 
 @dataclass
@@ -105,11 +108,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
     model_overrides = {**recipe.model_overrides(), **run.model_args}
     model_config(run.model, **model_overrides)  # an unknown name or a bad field fails before the data is read
-    if run.out and not resume and (Path(run.out) / "config.json").exists():
+    if run.out and not resume and any((Path(run.out) / name).exists() for name in RUN_FILES):
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")
     if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
         raise CCTError(f"{run.out}: a file, not a run folder")
+    summary_writer = _summary_writer() if run.tensorboard else None
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
@@ -169,7 +173,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
               f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
               f"{ranks.world} process(es)")
 
-    board = _tensorboard_writer(out / "tensorboard") if run.tensorboard and ranks.main else None
+    board = summary_writer(str(out / "tensorboard")) if summary_writer and ranks.main else None
     state_path = out / "state.safetensors"
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
     order = None
@@ -280,14 +284,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     return out, result
 
 
-def _tensorboard_writer(folder: Path):
-    """TensorBoard event files beside metrics.csv (the optional `tensorboard` package)."""
+def _summary_writer():
+    """The writer of TensorBoard event files (from the optional `tensorboard` package)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise CCTError("--tensorboard needs the tensorboard package: "
                        "pip install 'compact-transformers[tensorboard]'") from None
-    return SummaryWriter(str(folder))
+    return SummaryWriter
 
 
 def _stop_unless_finite(loss: float, where: str, out: Path) -> None:
