@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import CCTError
 from .pretrained import DEFAULT_MODEL
+from .validation import integer
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -194,14 +195,15 @@ def key_value(text: str) -> tuple[str, object]:
 
 def integer_in(low: int, high: int | None = None):
     """An argparse type: an integer from `low` to `high` (inclusive; None: no upper bound)."""
+    rule = integer(low, high)
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < low or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {text!r}")
+        if not rule(value):
+            raise argparse.ArgumentTypeError(f"expected {rule.expects}, got {text!r}")
         return value
     return parse
 

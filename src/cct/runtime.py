@@ -21,19 +21,18 @@ import torch
 
 from .errors import CCTError
 from .models.layers import Attention
-from .validation import boolean, check_fields, integer, one_of, optional
+from .validation import BOOLEAN, check_fields, instance_of, integer, one_of, optional
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 RETURN_1 = b"\xb8\x01\x00\x00\x00\xc3"  # x86-64 machine code: mov eax, 1; ret
 
 
-_SWITCH = (boolean, "true or false")
-_RUNTIME_RULES = {  # field: (check, what it expects), checked whenever a runtime is made
-    "device": (lambda v: isinstance(v, str), "a device name"),
-    "precision": (one_of("auto", "fp32", "bf16", "fp16"), '"auto", "fp32", "bf16" or "fp16"'),
-    "channels_last": _SWITCH, "compile": _SWITCH, "fused_optimizer": _SWITCH, "fused_inference": _SWITCH,
-    "fold_attention": _SWITCH, "keep_freed_memory": _SWITCH, "mkl_avx2": _SWITCH, "split_batch_threads": _SWITCH,
-    "threads": (optional(integer(1)), "null or an integer of at least 1"),
+_RUNTIME_RULES = {  # checked whenever a runtime is made
+    "device": instance_of(str, "a device name"),
+    "precision": one_of("auto", "fp32", "bf16", "fp16"),
+    **dict.fromkeys(("channels_last", "compile", "fused_optimizer", "fused_inference", "fold_attention",
+                     "keep_freed_memory", "mkl_avx2", "split_batch_threads"), BOOLEAN),
+    "threads": optional(integer(1)),
 }
 
 

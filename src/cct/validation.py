@@ -1,54 +1,74 @@
-"""Rules for configuration fields (recipes, model configs): each field's check and what it expects, so that a
-bad value is a one-line error naming the field when the config is made, not a failure somewhere later."""
+"""Rules for configuration fields (recipes, model configs, runtimes): each field's check with the words of what it
+expects, so that a bad value is a one-line error naming the field when the config is made, not a failure
+somewhere later."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import CCTError
 
-Check = Callable[[Any], bool]
+
+@dataclass(frozen=True)
+class Rule:
+    """check(value) -> whether it is valid; `expects`: what a valid value is, in words."""
+
+    check: Callable[[Any], bool]
+    expects: str
+
+    def __call__(self, value: Any) -> bool:
+        return self.check(value)
 
 
-def integer(low: int) -> Check:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+def integer(low: int, high: int | None = None) -> Rule:
+    return Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high),
+                f"an integer of at least {low}" if high is None else f"an integer from {low} to {high}")
 
 
-def number(low: float, high: float = float("inf"), high_included: bool = False) -> Check:
-    return lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
-                      and low <= v and (v <= high if high_included else v < high))
+def number(low: float, high: float = float("inf"), high_included: bool = False) -> Rule:
+    bounds = f"of at least {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}{']' if high_included else ')'}"
+    return Rule(lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and low <= v and (v <= high if high_included else v < high)), f"a number {bounds}")
 
 
-def positive(v: Any) -> bool:
-    return number(0.0)(v) and v > 0
+def optional(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule(v), f"null or {rule.expects}")
 
 
-def boolean(v: Any) -> bool:
-    return isinstance(v, bool)
+def one_of(*choices: str) -> Rule:
+    quoted = [f'"{choice}"' for choice in choices]
+    return Rule(lambda v: v in choices, f"{', '.join(quoted[:-1])} or {quoted[-1]}")
 
 
-def optional(check: Check) -> Check:
-    return lambda v: v is None or check(v)
+def tuple_of(*rules: Rule, expects: str | None = None) -> Rule:
+    """A tuple with one item for each rule; `expects` None: the items' words, listed."""
+    return Rule(lambda v: isinstance(v, tuple) and len(v) == len(rules) and all(ok(x) for ok, x in zip(rules, v)),
+                expects or f"[{', '.join(rule.expects for rule in rules)}]")
 
 
-def one_of(*choices: str) -> Check:
-    return lambda v: v in choices
+def all_of(rule: Rule, expects: str) -> Rule:
+    """A tuple of any length whose every item `rule` takes."""
+    return Rule(lambda v: isinstance(v, tuple) and all(map(rule, v)), expects)
 
 
-def tuple_of(*checks: Check) -> Check:
-    return lambda v: isinstance(v, tuple) and len(v) == len(checks) and all(ok(x) for ok, x in zip(checks, v))
+def instance_of(kind: type, expects: str) -> Rule:
+    return Rule(lambda v: isinstance(v, kind), expects)
 
 
-FRACTION, PROBABILITY, NON_NEGATIVE = number(0.0, 1.0), number(0.0, 1.0, True), number(0.0)
+FRACTION, NON_NEGATIVE = number(0.0, 1.0), number(0.0)
+PROBABILITY = Rule(number(0.0, 1.0, True).check, "a probability in [0, 1]")
+POSITIVE = Rule(lambda v: NON_NEGATIVE(v) and v > 0, "a number above 0")
+BOOLEAN = instance_of(bool, "true or false")
 
 
-def check_fields(config: Any, rules: dict[str, tuple[Check, str]], kind: str) -> None:
+def check_fields(config: Any, rules: dict[str, Rule], kind: str) -> None:
     """Raise a CCTError for the first field of `config` its rule refuses: "{kind} field NAME: expected ...,
     got VALUE" (tuples shown as the JSON lists they come from)."""
-    for name, (check, expected) in rules.items():
+    for name, rule in rules.items():
         value = getattr(config, name)
-        if not check(value):
-            raise CCTError(f"{kind} field {name}: expected {expected}, got {_lists(value)!r}")
+        if not rule(value):
+            raise CCTError(f"{kind} field {name}: expected {rule.expects}, got {_lists(value)!r}")
 
 
 def _lists(value: Any) -> Any:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import CCTError
-from ..validation import FRACTION, check_fields, integer, number, one_of, optional, positive
+from ..validation import FRACTION, POSITIVE, all_of, check_fields, instance_of, integer, number, one_of, optional
 from .layers import (ConvTokenizer, Dropout, KerasEncoderBlock, PaperEncoderBlock, PatchTokenizer, SequencePooling,
                      resample_position_grid, sinusoidal_embedding)
 
@@ -71,23 +71,22 @@ class CCTConfig:
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
 
-_COUNT = (integer(1), "an integer of at least 1")
-_CONFIG_RULES = {  # field: (check, what it expects), checked whenever a model config is made
-    "name": (lambda v: isinstance(v, str), "a string"),
-    "num_layers": _COUNT, "num_heads": _COUNT, "embed_dim": _COUNT, "img_size": _COUNT, "in_chans": _COUNT,
-    "num_classes": _COUNT, "kernel_size": _COUNT, "num_convs": _COUNT, "patch_size": _COUNT,
-    "mlp_ratio": (positive, "a number above 0"),
-    "style": (one_of("paper", "keras"), '"paper" or "keras"'),
-    "tokenizer": (one_of("conv", "patch"), '"conv" or "patch"'),
-    "head_dim": (optional(integer(1)), "null or an integer of at least 1"),
-    "pooling": (one_of("sequence", "class_token"), '"sequence" or "class_token"'),
-    "positional_embedding": (one_of("learnable", "sine", "none"), '"learnable", "sine" or "none"'),
-    "dropout": (FRACTION, "a number in [0, 1)"),
-    "attention_dropout": (FRACTION, "a number in [0, 1)"),
-    "stochastic_depth": (FRACTION, "a number in [0, 1)"),
-    "mean": (lambda v: isinstance(v, tuple) and all(map(number(-float("inf")), v)), "[numbers, one per channel]"),
-    "std": (lambda v: isinstance(v, tuple) and all(map(positive, v)), "[numbers above 0, one per channel]"),
-    "class_names": (lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v), "[strings]"),
+_CONFIG_RULES = {  # checked whenever a model config is made
+    "name": instance_of(str, "a string"),
+    **dict.fromkeys(("num_layers", "num_heads", "embed_dim", "img_size", "in_chans", "num_classes", "kernel_size",
+                     "num_convs", "patch_size"), integer(1)),
+    "mlp_ratio": POSITIVE,
+    "style": one_of("paper", "keras"),
+    "tokenizer": one_of("conv", "patch"),
+    "head_dim": optional(integer(1)),
+    "pooling": one_of("sequence", "class_token"),
+    "positional_embedding": one_of("learnable", "sine", "none"),
+    "dropout": FRACTION,
+    "attention_dropout": FRACTION,
+    "stochastic_depth": FRACTION,
+    "mean": all_of(number(-float("inf")), "[numbers, one per channel]"),
+    "std": all_of(POSITIVE, "[numbers above 0, one per channel]"),
+    "class_names": all_of(instance_of(str, "a string"), "[strings]"),
 }
 
 

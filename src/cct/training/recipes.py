@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ..errors import CCTError
-from ..validation import (FRACTION, NON_NEGATIVE, PROBABILITY, boolean, check_fields, integer, number, one_of,
-                          optional, positive, tuple_of)
+from ..validation import (BOOLEAN, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Rule, all_of, check_fields, integer,
+                          number, one_of, optional, tuple_of)
 
 
 @dataclass(frozen=True)
@@ -76,42 +76,43 @@ class Recipe:
         return cls(**{k: _tuples(v) for k, v in data.items() if k in known})
 
 
-_FIELD_RULES = {  # field: (check, what it expects), checked whenever a recipe is made
-    "epochs": (integer(1), "an integer of at least 1"),
-    "batch_size": (integer(1), "an integer of at least 1"),
-    "eval_batch_size": (integer(1), "an integer of at least 1"),
-    "lr": (positive, "a number above 0"),
-    "eps": (positive, "a number above 0"),
-    "betas": (tuple_of(FRACTION, FRACTION), "[beta1, beta2] in [0, 1)"),
-    "weight_decay": (NON_NEGATIVE, "a number of at least 0"),
-    "label_smoothing": (FRACTION, "a number in [0, 1)"),
-    "val_size": (integer(0), "an integer of at least 0"),
-    "crop_padding": (integer(0), "an integer of at least 0"),
-    "hflip": (boolean, "true or false"),
-    "schedule": (one_of("constant", "cosine"), '"constant" or "cosine"'),
-    "warmup_epochs": (NON_NEGATIVE, "a number of at least 0"),
-    "min_lr": (NON_NEGATIVE, "a number of at least 0"),
-    "warmup_lr": (NON_NEGATIVE, "a number of at least 0"),
-    "resized_crop_scale": (optional(lambda v: tuple_of(positive, number(0.0, 1.0, True))(v) and v[0] <= v[1]),
-                           "null or [min, max] area fractions, 0 < min <= max <= 1"),
-    "auto_augment": (boolean, "true or false"),
-    "rand_augment": (optional(tuple_of(integer(0), NON_NEGATIVE, NON_NEGATIVE)),
-                     "null or [number of ops, magnitude, magnitude std], each at least 0"),
-    "random_erasing": (PROBABILITY, "a probability in [0, 1]"),
-    "progressive_resize": (lambda v: isinstance(v, tuple) and all(map(tuple_of(integer(1), integer(1)), v)),
-                           "[[size, epochs], ...] of positive integers"),
-    "mixup_alpha": (NON_NEGATIVE, "a number of at least 0"),
-    "cutmix_alpha": (NON_NEGATIVE, "a number of at least 0"),
-    "mix_switch_prob": (PROBABILITY, "a probability in [0, 1]"),
-    "mix_off_epoch": (optional(integer(0)), "null or an integer of at least 0"),
-    "ema_decay": (FRACTION, "a number in [0, 1)"),
-    "dropout": (optional(FRACTION), "null or a number in [0, 1)"),
-    "attention_dropout": (optional(FRACTION), "null or a number in [0, 1)"),
-    "stochastic_depth": (optional(FRACTION), "null or a number in [0, 1)"),
-    "tta_flip": (boolean, "true or false"),
-    "seed": (integer(0), "an integer of at least 0"),
-    "limit_train": (optional(integer(1)), "null or an integer of at least 1"),
-    "limit_test": (optional(integer(1)), "null or an integer of at least 1"),
+_AREA_RANGE = tuple_of(POSITIVE, number(0.0, 1.0, True))
+_FIELD_RULES = {  # checked whenever a recipe is made
+    "epochs": integer(1),
+    "batch_size": integer(1),
+    "eval_batch_size": integer(1),
+    "lr": POSITIVE,
+    "eps": POSITIVE,
+    "betas": tuple_of(FRACTION, FRACTION, expects="[beta1, beta2] in [0, 1)"),
+    "weight_decay": NON_NEGATIVE,
+    "label_smoothing": FRACTION,
+    "val_size": integer(0),
+    "crop_padding": integer(0),
+    "hflip": BOOLEAN,
+    "schedule": one_of("constant", "cosine"),
+    "warmup_epochs": NON_NEGATIVE,
+    "min_lr": NON_NEGATIVE,
+    "warmup_lr": NON_NEGATIVE,
+    "resized_crop_scale": optional(Rule(lambda v: _AREA_RANGE(v) and v[0] <= v[1],
+                                        "[min, max] area fractions, 0 < min <= max <= 1")),
+    "auto_augment": BOOLEAN,
+    "rand_augment": optional(tuple_of(integer(0), NON_NEGATIVE, NON_NEGATIVE,
+                                      expects="[number of ops, magnitude, magnitude std], each at least 0")),
+    "random_erasing": PROBABILITY,
+    "progressive_resize": all_of(tuple_of(integer(1), integer(1)),
+                                 "[[size, epochs], ...] of positive integers"),
+    "mixup_alpha": NON_NEGATIVE,
+    "cutmix_alpha": NON_NEGATIVE,
+    "mix_switch_prob": PROBABILITY,
+    "mix_off_epoch": optional(integer(0)),
+    "ema_decay": FRACTION,
+    "dropout": optional(FRACTION),
+    "attention_dropout": optional(FRACTION),
+    "stochastic_depth": optional(FRACTION),
+    "tta_flip": BOOLEAN,
+    "seed": integer(0),
+    "limit_train": optional(integer(1)),
+    "limit_test": optional(integer(1)),
 }
 
 RECIPES: dict[str, Recipe] = {
