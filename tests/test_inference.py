@@ -42,6 +42,10 @@ def test_bad_inputs_are_clear_errors(classifier):
         classifier.predict(np.zeros((32, 32, 3), dtype=np.float64))
     with pytest.raises(cct.CCTError, match=r"must be \(C, H, W\)"):
         classifier.predict(torch.zeros(7, 32, 32))
+    with pytest.raises(cct.CCTError, match=r"must hold values in \[0, 1\], got 0 to 255 \(divide"):
+        classifier.predict(torch.linspace(0, 255, 3 * 32 * 32).view(3, 32, 32))
+    with pytest.raises(cct.CCTError, match=r"got -0.5 to 0.5"):
+        classifier.predict(torch.linspace(-0.5, 0.5, 3 * 32 * 32).view(3, 32, 32))
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
     with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):

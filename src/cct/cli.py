@@ -1,4 +1,5 @@
-"""The `cct` command: models, train, evaluate, predict."""
+"""The `cct` command: one subcommand per task (models, recipes, train, evaluate, predict, explain, export,
+serve, card, convert-keras)."""
 
 from __future__ import annotations
 

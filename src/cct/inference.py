@@ -90,7 +90,10 @@ def _to_uint8(item: ImageLike, size: int) -> torch.Tensor:
         if item.ndim != 3 or item.shape[0] not in (1, 3, 4):
             raise CCTError(f"a tensor image must be (C, H, W) with 1, 3 or 4 channels, got {tuple(item.shape)}")
         if item.is_floating_point():
-            item = (item.clamp(0, 1) * 255).round()
+            if item.numel() and not 0 <= item.min() <= item.max() <= 1:
+                raise CCTError(f"a float tensor image must hold values in [0, 1], got {item.min():g} to "
+                               f"{item.max():g} (divide 0-255 values by 255, or pass uint8)")
+            item = (item * 255).round()
         item = item.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
