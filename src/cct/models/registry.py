@@ -68,10 +68,11 @@ def model_config(name: str, **overrides) -> CCTConfig:
 
 
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
-                 positional_embedding: str | None = None, pretrained: str | None = None, **overrides) -> CCT:
+                 positional_embedding: str | None = None, pretrained: str | bool | None = None, **overrides) -> CCT:
     """Build a model by name, e.g. `create_model("cct_7_3x1_32", num_classes=100)`: freshly initialised, or
-    with the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`,
-    in eval mode; config overrides are refused then, the weights fix the architecture)."""
+    with the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`;
+    True: CIFAR-10's, as timm's `pretrained=True` takes a model's default weights), in eval mode; config
+    overrides are refused then, the weights fix the architecture."""
     if pretrained:
         from ..pretrained import pretrained_path
         from ..training.checkpoint import load_checkpoint
@@ -81,7 +82,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
                  if v is not None}
         if given:
             raise CCTError(f"pretrained weights fix the model config; cannot also set {', '.join(sorted(given))}")
-        return load_checkpoint(pretrained_path(name, pretrained))[0]
+        return load_checkpoint(pretrained_path(name) if pretrained is True else pretrained_path(name, pretrained))[0]
     return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
                             positional_embedding=positional_embedding, **overrides))
 
