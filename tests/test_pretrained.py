@@ -37,8 +37,13 @@ def test_create_model_with_pretrained_weights():
     assert all(torch.equal(default[k], v) for k, v in model.state_dict().items())
     with pytest.raises(CCTError, match="no pretrained cifar100 weights for cct_keras"):
         cct.create_model("cct_keras", pretrained="cifar100")
-    with pytest.raises(CCTError, match="cannot also set num_classes"):
-        cct.create_model("cct_keras", pretrained="cifar10", num_classes=100)
+    with pytest.raises(CCTError, match="fix the model config: num_classes is 10 there, not 100; "
+                                       "positional_embedding is 'learnable' there, not 'sine'"):
+        cct.create_model("cct_keras", pretrained="cifar10", num_classes=100, positional_embedding="sine")
+    with pytest.raises(CCTError, match="unknown model config field 'num_class'"):
+        cct.create_model("cct_keras", pretrained=True, num_class=10)
+    agreeing = cct.create_model("cct_keras", pretrained=True, num_classes=10, img_size=32).state_dict()
+    assert all(torch.equal(agreeing[k], v) for k, v in default.items())
 
 
 def test_altered_weights_are_refused(tmp_path, monkeypatch):

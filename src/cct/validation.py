@@ -63,13 +63,19 @@ BOOLEAN = instance_of(bool, "true or false")
 
 
 def check_fields(config: Any, rules: dict[str, Rule], kind: str) -> None:
-    """Raise a CCTError for the first field of `config` its rule refuses: "{kind} field NAME: expected ...,
-    got VALUE" (tuples shown as the JSON lists they come from)."""
+    """Turn the lists of `config`'s fields (JSON's or a caller's, nested too) into the tuples the rules expect,
+    then raise a CCTError for the first field its rule refuses: "{kind} field NAME: expected ..., got VALUE"
+    (tuples shown as the JSON lists they come from)."""
     for name, rule in rules.items():
-        value = getattr(config, name)
+        value = _tuples(getattr(config, name))
+        object.__setattr__(config, name, value)  # the configs are frozen dataclasses
         if not rule(value):
             raise CCTError(f"{kind} field {name}: expected {rule.expects}, got {_lists(value)!r}")
 
 
 def _lists(value: Any) -> Any:
     return [_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

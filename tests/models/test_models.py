@@ -1,4 +1,5 @@
 import copy
+import json
 import math
 
 import pytest
@@ -189,6 +190,16 @@ def test_unknown_model_is_a_clear_error():
 def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
     with pytest.raises(cct.CCTError, match=f"^model config field {message}$"):
         cct.create_model("cct_2_3x2_32", **overrides)
+
+
+def test_lists_are_taken_where_a_config_holds_tuples():
+    # a caller's lists, or JSON's (`--model-arg mean=[0.5,0.5,0.5]`), were refused as "expected [numbers, one per
+    # channel], got [0.5, 0.5, 0.5]"
+    config = cct.create_model("cct_2_3x2_32", num_classes=2, class_names=["cat", "dog"], mean=[0.5, 0.5, 0.5]).config
+    assert config.class_names == ("cat", "dog") and config.mean == (0.5, 0.5, 0.5)
+    assert config == cct.CCTConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    with pytest.raises(cct.CCTError, match=r"^model config field std: expected 3 values \(in_chans\), got \[1, 1\]$"):
+        cct.create_model("cct_2_3x2_32", std=[1, 1])
 
 
 def test_keras_block_applies_gelu_after_both_mlp_layers():

@@ -61,6 +61,7 @@ def test_warmup_starts_from_warmup_lr():
 def test_overrides_convert_json_lists_and_refuse_unknown_fields():
     r = get_recipe("fast").with_overrides({"rand_augment": [2, 9, 0.5], "ema_decay": 0.99})
     assert r.rand_augment == (2, 9, 0.5) and r.ema_decay == 0.99 and r.name == "fast"
+    assert replace(r, betas=[0.9, 0.99], progressive_resize=[[16, 2]]).progressive_resize == ((16, 2),)
     with pytest.raises(CCTError, match="unknown recipe field.*ema"):
         r.with_overrides({"ema": 0.9})
 

@@ -67,8 +67,7 @@ class CCTConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-        tuples = {"mean", "std", "class_names"}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        return cls(**data)
 
 
 _CONFIG_RULES = {  # checked whenever a model config is made

@@ -64,7 +64,7 @@ class Recipe:
                 if getattr(self, k) is not None}
 
     def with_overrides(self, overrides: dict) -> "Recipe":
-        """A copy with some fields replaced (JSON lists become tuples); an unknown field is an error."""
+        """A copy with some fields replaced; an unknown field is an error."""
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
             raise CCTError(f"unknown recipe field(s) {', '.join(sorted(unknown))} (see `cct recipes`)")
@@ -73,7 +73,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: _tuples(v) for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 _AREA_RANGE = tuple_of(POSITIVE, number(0.0, 1.0, True))
@@ -151,11 +151,6 @@ RECIPES: dict[str, Recipe] = {
                         schedule="cosine", warmup_epochs=3, min_lr=1e-5, auto_augment=True, ema_decay=0.9995,
                         tta_flip=True),
 }
-
-
-def _tuples(value):
-    """JSON lists, nested too, as tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def get_recipe(name: str) -> Recipe:
