@@ -1,5 +1,6 @@
 import os
 import pickle
+import socket
 from dataclasses import replace
 
 import pytest
@@ -54,6 +55,17 @@ def test_download_of_a_missing_file_is_a_clear_error(tmp_path, http_server):
     with pytest.raises(CCTError, match="cannot download .*404"):
         load_cifar("cifar10", tmp_path, spec=spec)
     assert list(tmp_path.iterdir()) == [tmp_path / "www"]
+
+
+def test_download_without_a_connection_says_where_to_put_the_file(tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = replace(CIFAR["cifar10"], url=f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with pytest.raises(CCTError, match=f"refused.* put it at {archive} and run again"):
+        load_cifar("cifar10", tmp_path, spec=spec)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_official_archive_is_md5_checked_and_extracted(tmp_path):

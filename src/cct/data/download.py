@@ -39,7 +39,8 @@ def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
             raise CCTError(f"download of {url} is corrupt: md5 {got}, expected {md5}")
         os.replace(tmp, dest)
     except OSError as e:
-        raise CCTError(f"cannot download {url} to {dest}: {e}") from e
+        raise CCTError(f"cannot download {url} to {dest}: {e} (offline? fetch it elsewhere, put it at {dest} "
+                       "and run again)") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
