@@ -136,6 +136,22 @@ def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
         load_dataset(str(tmp_path), tmp_path)
 
 
+def test_a_folder_training_set_comes_shuffled_so_its_last_images_sample_every_class(tmp_path):
+    # in folder order the last images (those that validate) were all of the last class
+    for split, per_class in (("train", 20), ("test", 2)):
+        for cls in ("a", "b", "c"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                write_image(tmp_path / split / cls / f"{i}.png", (32, 32), seed=i)
+    train, test = load_dataset(str(tmp_path), tmp_path)
+    again, _ = load_dataset(str(tmp_path), tmp_path)
+    in_order = load_image_folder(tmp_path / "train", 32)
+    assert torch.equal(train.labels, again.labels) and torch.equal(train.images, again.images)
+    assert sorted(train.labels.tolist()) == in_order.labels.tolist() != train.labels.tolist()
+    assert set(train.labels[-10:].tolist()) == {0, 1, 2} and set(train.labels[:10].tolist()) == {0, 1, 2}
+    assert test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
 def test_flip_is_drawn_per_image():
     torch.manual_seed(0)
     x = torch.rand(256, 3, 32, 32)

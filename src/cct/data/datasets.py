@@ -157,7 +157,10 @@ def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
 
 def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
                  download_missing: bool = True) -> tuple[ImageTensors, ImageTensors]:
-    """(train, test) by name: "cifar10", "cifar100", or a folder holding train/ and test/ folders of classes."""
+    """(train, test) by name: "cifar10", "cifar100", or a folder holding train/ and test/ folders of classes.
+    A folder's training images come in a fixed shuffled order (seed 0), as CIFAR's do: the last ones, which
+    validate (`Recipe.val_size`), and the first, which `limit_train` keeps, are then a sample of every class,
+    not the last or first class folders."""
     if name in CIFAR:
         return load_cifar(name, data_dir, download_missing)
     root = Path(name)
@@ -169,4 +172,4 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
         splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
-    return train, test
+    return train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))), test
