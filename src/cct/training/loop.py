@@ -127,7 +127,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     # stays in memory as uint8
     train_all, test = load_dataset(run.dataset, run.data_dir)
     if recipe.val_size >= len(train_all):
-        raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)})")
+        raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)}; "
+                       "set --val-size)")
     train_set = train_all.subset(slice(0, len(train_all) - recipe.val_size))
     val_set = train_all.subset(slice(len(train_all) - recipe.val_size, None))
     if recipe.limit_train:
