@@ -73,6 +73,8 @@ def test_bad_model_args_fail_before_touching_data(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     _fails_with(["train", "--model-arg", "num_classes=3"], capsys,
                 "model config num_classes: set by the dataset, not by --model-arg")
+    _fails_with(["train", "--model-arg", "img_size=64"], capsys,
+                "model config img_size: set by the dataset, not by --model-arg")  # CIFAR's images are 32 x 32
     _fails_with(["train", "--model-arg", "style=x"], capsys, 'model config field style: expected "paper" or "keras"')
     assert list(tmp_path.iterdir()) == []
 

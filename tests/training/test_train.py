@@ -42,6 +42,18 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert header["info"]["epoch"] == int(best_epoch)
 
 
+def test_a_folder_trains_at_the_models_image_size(tmp_path, capsys):
+    # its images were resized to 32 x 32 whatever the model: a 224 x 224 variant trained at 32 without a word
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    run = RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, val_size=0),
+                    model_args={"img_size": 48}, out=str(tmp_path / "run"))
+    out, _ = train(run)
+    model, _ = load_checkpoint(out)
+    assert model.config.img_size == 48 and model.num_tokens == 12 * 12
+    assert main(["evaluate", "-c", str(out), "--dataset", str(data)]) == 0
+    assert "cct_2_3x2_32 on " in capsys.readouterr().out
+
+
 def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_is_kept(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     recipe = _tiny_recipe(val_size=0, lr=3e-3)

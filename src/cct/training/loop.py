@@ -8,7 +8,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ..data import MixUpCutMix, build_augmentation, load_dataset
+from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write
-from ..models import CCT, count_parameters, create_model, model_config
+from ..models import CCT, count_parameters, model_config
 from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -103,11 +103,13 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
     checkpoint (benchmarks use it)."""
     recipe = run.recipe
-    from_data = sorted(set(run.model_args) & {"num_classes", "img_size", "class_names"})
+    # a folder's images are resized to the model's img_size; CIFAR's are 32 x 32, and the model is built for them
+    set_by_data = {"num_classes", "class_names"} | ({"img_size"} if run.dataset in CIFAR else set())
+    from_data = sorted(set(run.model_args) & set_by_data)
     if from_data:
         raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
     model_overrides = {**recipe.model_overrides(), **run.model_args}
-    model_config(run.model, **model_overrides)  # an unknown name or a bad field fails before the data is read
+    config = model_config(run.model, **model_overrides)  # an unknown name or a bad field fails before the data is read
     if run.out and not resume and any((Path(run.out) / name).exists() for name in RUN_FILES):
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")
@@ -125,7 +127,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
 
     # data: the last `val_size` training images validate (0: none, every epoch is kept as the best); all of it
     # stays in memory as uint8
-    train_all, test = load_dataset(run.dataset, run.data_dir)
+    train_all, test = load_dataset(run.dataset, run.data_dir, config.img_size)
     if recipe.val_size >= len(train_all):
         raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)}; "
                        "set --val-size)")
@@ -138,8 +140,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:recipe.limit_test])
     img_size = train_all.images.shape[-1]
 
-    model = create_model(run.model, num_classes=len(train_all.classes), img_size=img_size,
-                         class_names=tuple(train_all.classes), **model_overrides)
+    model = CCT(replace(config, num_classes=len(train_all.classes), img_size=img_size,
+                        class_names=tuple(train_all.classes)))
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)
