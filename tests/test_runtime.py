@@ -9,13 +9,24 @@ import torch
 
 import cct
 from cct.evaluation import predict_logits, to_model_input
-from cct.runtime import FusedInference, Runtime, cpu_vendor_and_flags
+from cct.runtime import FusedInference, Runtime, available_cpus, cpu_vendor_and_flags
 
 
 def test_resolve_makes_every_choice_concrete():
     runtime = Runtime(device="cpu", threads=1).resolve()
     assert runtime.device == "cpu" and runtime.precision in ("fp32", "bf16") and runtime.threads == 1
     assert torch.get_num_threads() == 1
+    Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
+
+
+def test_without_cpu_affinity_every_core_counts(monkeypatch):
+    # macOS and Windows have no os.sched_getaffinity: Runtime.resolve raised AttributeError there
+    cores = available_cpus()
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: cores + 1)
+    assert available_cpus() == cores + 1
+    assert Runtime(device="cpu").resolve().threads == cores + 1
+    monkeypatch.undo()
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
 
 

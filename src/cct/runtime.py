@@ -68,7 +68,7 @@ class Runtime:
         if precision == "fp16" and device.type != "cuda":
             raise CCTError("precision fp16 needs a CUDA device; use bf16 or fp32 here")
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
-        threads = self.threads or max(1, len(os.sched_getaffinity(0)) // local_processes)
+        threads = self.threads or max(1, available_cpus() // local_processes)
         if device.type == "cpu":
             torch.set_num_threads(threads)
             if self.keep_freed_memory:
@@ -220,6 +220,14 @@ class BatchThreads:
             return list(self.pool.map(run, self.part_threads, *parts))
         finally:
             torch.set_num_threads(self.total)  # libgomp can hand a worker's thread count to this thread
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on: its affinity where the OS keeps one (Linux: a container's or
+    `taskset`'s share), else every core (macOS and Windows have no `os.sched_getaffinity`)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def keep_freed_memory() -> bool:
