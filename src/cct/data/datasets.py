@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import CCTError
+from ..runtime import available_cpus
 from .download import download, extract
 from .images import IMAGE_SUFFIXES, load_image
 
@@ -138,15 +141,26 @@ def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    files = [(path, label) for label, cls in enumerate(classes) for path in sorted((root / cls).iterdir())
+             if path.suffix.lower() in IMAGE_SUFFIXES]
+
+    def load(path: Path) -> torch.Tensor | str:
+        try:
+            return load_image(path, img_size)
+        except CCTError as e:
+            return str(e)
+
+    # PIL decodes and resizes without holding the GIL: one thread per core
+    with ThreadPoolExecutor(available_cpus()) as pool:
+        loaded = list(tqdm(pool.map(load, [path for path, _ in files]), total=len(files), unit="image",
+                           desc=f"loading {root}", leave=False, disable=None))
     images, labels, failures = [], [], []
-    for index, cls in enumerate(classes):
-        for path in sorted((root / cls).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    images.append(load_image(path, img_size))
-                    labels.append(index)
-                except CCTError as e:
-                    failures.append(str(e))
+    for image, (_, label) in zip(loaded, files):
+        if isinstance(image, str):
+            failures.append(image)
+        else:
+            images.append(image)
+            labels.append(label)
     if failures:
         shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
         raise CCTError(f"{root}: {len(failures)} unreadable image(s), fix or remove them: {shown}")
