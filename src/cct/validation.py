@@ -68,7 +68,7 @@ def check_fields(config: Any, rules: dict[str, Rule], kind: str) -> None:
     (tuples shown as the JSON lists they come from)."""
     for name, rule in rules.items():
         value = _tuples(getattr(config, name))
-        object.__setattr__(config, name, value)  # the configs are frozen dataclasses
+        object.__setattr__(config, name, value)  # frozen dataclasses too
         if not rule(value):
             raise CCTError(f"{kind} field {name}: expected {rule.expects}, got {_lists(value)!r}")
 
