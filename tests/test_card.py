@@ -59,6 +59,19 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(run, tmp_path, c
     assert "](training-curves.png)" in readme and "](architecture.png)" in readme
 
 
+def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
+    # it said "all 32 training images trained the model" of a run on the first 10
+    data = write_color_dataset(tmp_path / "colors", per_class=16)
+    for val_size, words in ((0, "the first 10 training images trained the model (the last epoch is kept)"),
+                            (8, "the first 10 training images trained the model, the last 8 chose the best epoch")):
+        recipe = replace(RECIPES["small-cpu"], epochs=1, batch_size=8, val_size=val_size, limit_train=10)
+        out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe,
+                                 out=str(tmp_path / f"run{val_size}")))
+        assert main(["card", str(out)]) == 0
+        assert json.loads((out / "card" / "config.json").read_text())["results"]["train_images"] == 10
+        assert words in (out / "card" / "README.md").read_text()
+
+
 def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     card = tmp_path / "card"
     assert main(["card", str(run), "--out", str(card)]) == 0

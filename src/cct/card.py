@@ -40,7 +40,9 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
-        summary = {"train_images": len(train_all) - config.recipe.val_size, "test_images": len(test), "test_top1": result.top1, "test_top5": result.top5,
+        trained = len(train_all) - config.recipe.val_size
+        summary = {"train_images": min(trained, config.recipe.limit_train or trained), "test_images": len(test),
+                   "test_top1": result.top1, "test_top5": result.top5,
                    "per_class": dict(zip(test.classes, result.per_class)), "best_epoch": header["info"]["epoch"],
                    "train_seconds": sum(float(r["seconds"]) for r in rows)}
         card_config = {"library_name": "compact-transformers", "library_version": __version__,
@@ -176,7 +178,8 @@ print(classifier.predict("photo.jpg"))
 
 
 def _data_use(r, summary: dict) -> str:
+    trained = f"{'the first' if r.val_size or r.limit_train else 'all'} {summary['train_images']:,} training images"
     if not r.val_size:
-        return f"all {summary['train_images']:,} training images trained the model (the last epoch is kept)"
-    return (f"the first {summary['train_images']:,} training images trained the model, the last {r.val_size:,} "
-            f"chose the best epoch ({summary['best_epoch']} of {r.epochs}) by validation accuracy")
+        return f"{trained} trained the model (the last epoch is kept)"
+    return (f"{trained} trained the model, the last {r.val_size:,} chose the best epoch ({summary['best_epoch']} "
+            f"of {r.epochs}) by validation accuracy")
