@@ -54,6 +54,19 @@ def test_a_folder_trains_at_the_models_image_size(tmp_path, capsys):
     assert "cct_2_3x2_32 on " in capsys.readouterr().out
 
 
+def test_a_run_on_a_relative_folder_is_found_again_from_elsewhere(tmp_path, monkeypatch, capsys):
+    # the run recorded "colors" as given, and `cct evaluate -c RUN` elsewhere found no such dataset
+    write_color_dataset(tmp_path / "colors", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    out, _ = train(RunConfig(model="cct_2_3x2_32", dataset="colors", recipe=_tiny_recipe(epochs=1, val_size=0),
+                             out=str(tmp_path / "run")))
+    assert json.loads((out / "config.json").read_text())["dataset"] == str(tmp_path / "colors")
+    monkeypatch.chdir(tmp_path / "colors")
+    assert main(["evaluate", "-c", str(out)]) == 0
+    assert "cct_2_3x2_32 on " in capsys.readouterr().out
+    assert main(["card", str(out)]) == 0
+
+
 def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_is_kept(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     recipe = _tiny_recipe(val_size=0, lr=3e-3)

@@ -116,6 +116,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
         raise CCTError(f"{run.out}: a file, not a run folder")
     summary_writer = _summary_writer() if run.tensorboard else None
+    # recorded absolute, so that evaluate, card and resume find the data from any working directory
+    run.data_dir = str(Path(run.data_dir).resolve())
+    if run.dataset not in CIFAR:
+        run.dataset = str(Path(run.dataset).resolve())
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
