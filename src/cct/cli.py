@@ -98,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = args.dataset or header["info"].get("dataset")
     if not dataset:
         raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
-    _, test = load_dataset(dataset, args.data_dir, model.config.img_size)
+    _, test = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size)
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
     result = evaluate_saved(model, header, test)
@@ -112,6 +112,16 @@ def _evaluate(args: argparse.Namespace) -> None:
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
     print(f"confusion matrix: {out}")
+
+
+def _run_data_dir(checkpoint: Path) -> str | None:
+    """Where the run that wrote `checkpoint` found its data, if the checkpoint is in a run folder."""
+    from .training import RunConfig
+
+    try:
+        return RunConfig.from_run(checkpoint.parent).data_dir
+    except CCTError:
+        return None
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -272,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("evaluate", help="top-1, top-5, per-class accuracy and a confusion matrix")
     _add_model_source(p)
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
-    p.add_argument("--data-dir", default="data")
+    p.add_argument("--data-dir", help="where CIFAR lives (default: the run's, else ./data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="confusion-matrix PNG (default: beside the checkpoint)")
     p.set_defaults(func=_evaluate)

@@ -1,5 +1,6 @@
 import csv
 import json
+import tarfile
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ import cct
 from cct.cli import main
 from cct.inference import Classifier
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from tests.conftest import write_cifar10_archive
 from tests.helpers import write_color_dataset
 
 
@@ -65,6 +67,20 @@ def test_a_run_on_a_relative_folder_is_found_again_from_elsewhere(tmp_path, monk
     assert main(["evaluate", "-c", str(out)]) == 0
     assert "cct_2_3x2_32 on " in capsys.readouterr().out
     assert main(["card", str(out)]) == 0
+
+
+def test_evaluate_finds_cifar_where_the_run_did(tmp_path, monkeypatch, capsys):
+    # `cct evaluate -c RUN` looked in ./data whatever --data-dir the run had, and went to download CIFAR-10
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_cifar10_archive(archive)  # 100 training and 20 test images
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "cifar", filter="data")
+    out, result = train(RunConfig(model="cct_2_3x2_32", dataset="cifar10", data_dir=str(tmp_path / "cifar"),
+                                  recipe=_tiny_recipe(epochs=1, val_size=20), out=str(tmp_path / "run")))
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "-c", str(out)]) == 0
+    assert "cct_2_3x2_32 on cifar10 test (20 images)" in capsys.readouterr().out
+    assert not (tmp_path / "data").exists()
 
 
 def test_without_a_validation_set_all_training_images_train_and_the_last_epoch_is_kept(tmp_path, capsys):
