@@ -43,6 +43,21 @@ def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
     assert lines[1].split()[-1] in "abcdefghij"
 
 
+def test_predict_takes_folders_of_images(tmp_path, checkpoint, capsys):
+    # a folder was "not a readable image (IsADirectoryError)"
+    (tmp_path / "photos" / "deeper").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "deeper/c.webp"):
+        write_image(tmp_path / "photos" / name, (40, 30))
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    folders = [str(tmp_path / "photos"), str(tmp_path / "empty")]
+    assert main(["predict", "-c", str(checkpoint), *folders, "--top-k", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[::2] == [str(tmp_path / "photos" / n) for n in ("a.jpg", "b.png", "deeper/c.webp")]
+    assert captured.err.strip() == f"cct: error: {tmp_path / 'empty'}: a folder without images (.bmp, .gif, .jpeg, " \
+                                   ".jpg, .png, .tif, .tiff, .webp)"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["predict", "x.png", "--top-k", "0"], "argument --top-k: expected an integer of at least 1, got '0'"),
     (["serve", "--port", "99999"], "argument --port: expected an integer from 0 to 65535, got '99999'"),

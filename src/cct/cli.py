@@ -131,7 +131,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
     readable, failures = {}, []
-    for path in args.images:
+    for path in _image_files(args.images, failures):
         try:
             readable[path] = load_image(path, classifier.model.config.img_size)
         except CCTError as e:
@@ -148,6 +148,23 @@ def _predict(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"cct: error: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _image_files(arguments: list[str], failures: list[str]) -> list[str]:
+    """The arguments, each folder replaced by the image files in it and below (sorted); a folder without any
+    adds a failure."""
+    from .data.images import IMAGE_SUFFIXES
+
+    files = []
+    for argument in arguments:
+        if not Path(argument).is_dir():
+            files.append(argument)
+            continue
+        found = sorted(str(p) for p in Path(argument).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files += found
+        if not found:
+            failures.append(f"{argument}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
 
 
 def _explain(args: argparse.Namespace) -> None:
@@ -288,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders of them (searched below too)")
     _add_model_source(p)
     p.add_argument("--top-k", type=integer_in(1), default=5)
     p.add_argument("--device", default="cpu")
