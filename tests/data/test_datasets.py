@@ -111,10 +111,12 @@ def test_folder_dataset_converts_any_size_and_mode(tmp_path):
         for i, (size, mode) in enumerate(specs):
             write_image(tmp_path / cls / f"{i}.png", size, mode, seed=i)
     (tmp_path / "dogs" / "notes.txt").write_text("not an image, and not named like one")
+    (tmp_path / "dogs" / "more").mkdir()  # images below a class folder count for it (they were left out)
+    write_image(tmp_path / "dogs" / "more" / "2.jpg", (20, 20))
     data = load_image_folder(tmp_path, 32)
     assert data.classes == ["cats", "dogs"]
-    assert data.images.shape == (4, 3, 32, 32) and data.images.dtype == torch.uint8
-    assert data.labels.tolist() == [0, 0, 1, 1]
+    assert data.images.shape == (5, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0, 0, 1, 1, 1]
     gray = data.images[1]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
 
