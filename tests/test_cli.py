@@ -46,7 +46,7 @@ def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
 def test_predict_takes_folders_of_images(tmp_path, checkpoint, capsys):
     # a folder was "not a readable image (IsADirectoryError)"
     (tmp_path / "photos" / "deeper").mkdir(parents=True)
-    for name in ("b.png", "a.jpg", "deeper/c.webp"):
+    for name in ("b.png", "a.jpg", "deeper/c.webp", ".hidden.png"):
         write_image(tmp_path / "photos" / name, (40, 30))
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
     (tmp_path / "empty").mkdir()

@@ -151,16 +151,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _image_files(arguments: list[str], failures: list[str]) -> list[str]:
-    """The arguments, each folder replaced by the image files in it and below (sorted); a folder without any
-    adds a failure."""
-    from .data.images import IMAGE_SUFFIXES
+    """The arguments, each folder replaced by the image files in it and below (`image_files`); a folder without
+    any adds a failure."""
+    from .data.images import IMAGE_SUFFIXES, image_files
 
     files = []
     for argument in arguments:
         if not Path(argument).is_dir():
             files.append(argument)
             continue
-        found = sorted(str(p) for p in Path(argument).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        found = [str(path) for path in image_files(Path(argument))]
         files += found
         if not found:
             failures.append(f"{argument}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")

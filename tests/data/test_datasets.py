@@ -113,6 +113,10 @@ def test_folder_dataset_converts_any_size_and_mode(tmp_path):
     (tmp_path / "dogs" / "notes.txt").write_text("not an image, and not named like one")
     (tmp_path / "dogs" / "more").mkdir()  # images below a class folder count for it (they were left out)
     write_image(tmp_path / "dogs" / "more" / "2.jpg", (20, 20))
+    # hidden files and folders do not: macOS's resource forks, Jupyter's checkpoints (taken as a class)
+    (tmp_path / "dogs" / "._2.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    write_image(tmp_path / ".ipynb_checkpoints" / "x.png", (20, 20))
     data = load_image_folder(tmp_path, 32)
     assert data.classes == ["cats", "dogs"]
     assert data.images.shape == (5, 3, 32, 32) and data.images.dtype == torch.uint8

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..errors import CCTError
 from ..runtime import available_cpus
 from .download import download, extract
-from .images import IMAGE_SUFFIXES, load_image
+from .images import IMAGE_SUFFIXES, image_files, load_image
 
 
 @dataclass
@@ -134,16 +134,15 @@ def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True,
 
 def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
     """A folder with one subfolder of images per class (sorted names are the classes; images in folders below a
-    class folder count for it, as in torchvision's ImageFolder), resized to img_size x img_size the way `cct
-    predict` converts images. Unreadable files are an error naming them."""
+    class folder count for it, as in torchvision's ImageFolder; hidden ones do not, see `image_files`), resized
+    to img_size x img_size the way `cct predict` converts images. Unreadable files are an error naming them."""
     root = Path(root)
     if not root.is_dir():
         raise CCTError(f"{root}: not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
-    files = [(path, label) for label, cls in enumerate(classes) for path in sorted((root / cls).rglob("*"))
-             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    files = [(path, label) for label, cls in enumerate(classes) for path in image_files(root / cls)]
 
     def load(path: Path) -> torch.Tensor | str:
         try:

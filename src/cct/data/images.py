@@ -59,6 +59,13 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files in `folder` and below, sorted, but for hidden ones and those in hidden folders (such as
+    Jupyter's .ipynb_checkpoints or macOS's ._name.jpg)."""
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """An image file -> (3, size, size) uint8; a file that is not a readable image is a CCTError naming it."""
     with open_image(path) as image:
