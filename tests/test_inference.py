@@ -21,7 +21,8 @@ def test_every_kind_of_input_gives_the_same_prediction(tmp_path, classifier):
     assert len(expected.labels) == 3 and expected.labels[0] in "abcdefghij"
     assert expected.probabilities == sorted(expected.probabilities, reverse=True)
     chw = torch.from_numpy(pixels).permute(2, 0, 1)
-    for item in (tmp_path / "x.png", Image.fromarray(pixels), pixels, chw, chw.float() / 255):
+    for item in (tmp_path / "x.png", Image.fromarray(pixels), pixels, pixels / np.float32(255), chw, chw.float() / 255,
+                 (chw.float() / 255).bfloat16()):
         got = classifier.predict(item, top_k=3)
         assert got.labels == expected.labels
         assert got.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
@@ -38,14 +39,14 @@ def test_probabilities_over_all_classes_sum_to_one(classifier):
 
 
 def test_bad_inputs_are_clear_errors(classifier):
-    with pytest.raises(cct.CCTError, match="must be uint8"):
-        classifier.predict(np.zeros((32, 32, 3), dtype=np.float64))
+    with pytest.raises(cct.CCTError, match=r"must be uint8 or float in \[0, 1\], \(H, W\) or \(H, W, C\), got int32"):
+        classifier.predict(np.zeros((32, 32, 3), dtype=np.int32))
     with pytest.raises(cct.CCTError, match=r"must be \(C, H, W\)"):
         classifier.predict(torch.zeros(7, 32, 32))
-    with pytest.raises(cct.CCTError, match=r"must hold values in \[0, 1\], got 0 to 255 \(divide"):
+    with pytest.raises(cct.CCTError, match=r"a float image must hold values in \[0, 1\], got 0 to 255 \(divide"):
         classifier.predict(torch.linspace(0, 255, 3 * 32 * 32).view(3, 32, 32))
     with pytest.raises(cct.CCTError, match=r"got -0.5 to 0.5"):
-        classifier.predict(torch.linspace(-0.5, 0.5, 3 * 32 * 32).view(3, 32, 32))
+        classifier.predict(torch.linspace(-0.5, 0.5, 3 * 32 * 32).view(3, 32, 32).numpy())
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
     with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):

@@ -34,8 +34,9 @@ class Classifier:
         clf.predict("cat.jpg")                      # -> Prediction
         clf.predict(["a.png", pil_image, array])     # -> [Prediction, ...]
 
-    Inputs: file paths, PIL images, uint8 arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W)
-    (uint8, or float in [0, 1]). Every one goes through `image_to_tensor`, as training folders and files do.
+    Inputs: file paths, PIL images, arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W), arrays
+    and tensors uint8 or float in [0, 1] (as matplotlib's imread gives PNGs). Every one goes through
+    `image_to_tensor`, as training folders and files do.
     """
 
     def __init__(self, model: CCT, runtime: Runtime | None = None):
@@ -89,15 +90,16 @@ def _to_uint8(item: ImageLike, size: int) -> torch.Tensor:
     if isinstance(item, torch.Tensor):
         if item.ndim != 3 or item.shape[0] not in (1, 3, 4):
             raise CCTError(f"a tensor image must be (C, H, W) with 1, 3 or 4 channels, got {tuple(item.shape)}")
-        if item.is_floating_point():
-            if item.numel() and not 0 <= item.min() <= item.max() <= 1:
-                raise CCTError(f"a float tensor image must hold values in [0, 1], got {item.min():g} to "
-                               f"{item.max():g} (divide 0-255 values by 255, or pass uint8)")
-            item = (item * 255).round()
-        item = item.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        item = (item.float() if item.is_floating_point() else item).detach().permute(1, 2, 0).cpu().numpy()
     if isinstance(item, np.ndarray):
+        if item.dtype.kind == "f":
+            if item.size and not 0 <= item.min() <= item.max() <= 1:
+                raise CCTError(f"a float image must hold values in [0, 1], got {item.min():g} to {item.max():g} "
+                               "(divide 0-255 values by 255, or pass uint8)")
+            item = (item * 255).round().astype(np.uint8)
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
-            raise CCTError(f"an array image must be uint8 (H, W) or (H, W, C), got {item.dtype} {item.shape}")
+            raise CCTError(f"an image array or tensor must be uint8 or float in [0, 1], (H, W) or (H, W, C), got "
+                           f"{item.dtype} {item.shape}")
         return image_to_tensor(Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[-1] == 1
                                                else item), size)
     raise CCTError(f"cannot read an image from {type(item).__name__}")
