@@ -165,10 +165,11 @@ def test_fused_inference_splits_a_warm_graphs_batches_between_threads():
 def test_fused_inference_reports_bad_images_as_eager_does():
     runtime = Runtime(device="cpu", precision="fp32").resolve()
     model = cct.create_model("cct_keras").eval()
-    with pytest.raises(RuntimeError) as eager:
+    with pytest.raises(cct.CCTError) as eager:
         model(torch.rand(2, 4, 32, 32))
     fused = runtime.prepare(model, frozen=True)
-    with pytest.raises(RuntimeError, match="must match the size of tensor b \\(3\\)") as error:
+    message = r"takes float images \(B, 3, H, W\) in \[0, 1\], got float32 \(2, 4, 32, 32\)"
+    with pytest.raises(cct.CCTError, match=message) as error:
         fused(torch.rand(2, 4, 32, 32))
     assert str(error.value) == str(eager.value)
 

@@ -1,6 +1,7 @@
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -265,6 +266,17 @@ def test_sequence_pooling_is_a_softmax_weighted_sum():
     weights = pool.weights(x)
     assert torch.allclose(weights.sum(1), torch.ones(2))
     assert torch.allclose(pool(x), (weights[..., None] * x).sum(1), atol=1e-6)
+
+
+def test_a_model_refuses_images_it_would_misread():
+    # uint8 images were normalised as if 0-255 were 0-1, and unbatched ones ran through the unbatched convs
+    model = cct.create_model("cct_2_3x2_32").eval()
+    for x, got in ((torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "uint8 (2, 3, 32, 32)"),
+                   (torch.rand(3, 32, 32), "float32 (3, 32, 32)"),
+                   (torch.rand(2, 32, 32, 3), "float32 (2, 32, 32, 3)")):
+        with pytest.raises(cct.CCTError, match=rf"^cct_2_3x2_32 takes float images \(B, 3, H, W\) in \[0, 1\], "
+                                               rf"got {re.escape(got)} \(uint8 images: divide by 255"):
+            model(x)
 
 
 def test_model_normalises_its_input():

@@ -146,6 +146,11 @@ class CCT(nn.Module):
         The token stream keeps the tokenizer's output dtype: the model's own, or under autocast the 16-bit
         type (the encoder then runs wholly in bf16, its LayerNorms accumulating in fp32, without a cast
         around every layer)."""
+        c = self.config
+        if not x.is_floating_point() or x.ndim != 4 or x.shape[1] != c.in_chans:
+            got = f"{str(x.dtype).removeprefix('torch.')} {tuple(map(int, x.shape))}"  # ints while traced too
+            raise CCTError(f"{c.name} takes float images (B, {c.in_chans}, H, W) in [0, 1], got {got} (uint8 images: "
+                           "divide by 255, or predict through cct.Classifier)")
         x = self.tokenizer(((x - self.mean) / self.std).to(self.mean.dtype))
         if self.class_token is not None:
             x = torch.cat([self.class_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
