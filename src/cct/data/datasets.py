@@ -32,6 +32,10 @@ class ImageTensors:
     def subset(self, index: slice | torch.Tensor) -> "ImageTensors":
         return ImageTensors(self.images[index], self.labels[index], self.classes)
 
+    def shuffled(self) -> "ImageTensors":
+        """The images in a fixed random order (seed 0), the same on every call and every machine."""
+        return self.subset(torch.randperm(len(self), generator=torch.Generator().manual_seed(0)))
+
     def to(self, device: torch.device | str) -> "ImageTensors":
         return ImageTensors(self.images.to(device), self.labels.to(device), self.classes)
 
@@ -186,4 +190,4 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
         splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
-    return train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))), test
+    return train.shuffled(), test

@@ -141,7 +141,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         train_set = train_set.subset(slice(0, recipe.limit_train))
     train_set = train_set.to(device)  # the whole uint8 set on the compute device: batches are index lookups
     if recipe.limit_test:
-        test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:recipe.limit_test])
+        test = test.shuffled().subset(slice(0, recipe.limit_test))
     img_size = train_all.images.shape[-1]
 
     model = CCT(replace(config, num_classes=len(train_all.classes), img_size=img_size,
