@@ -37,9 +37,12 @@ def test_create_model_with_pretrained_weights():
     assert all(torch.equal(default[k], v) for k, v in model.state_dict().items())
     with pytest.raises(CCTError, match="no pretrained cifar100 weights for cct_keras"):
         cct.create_model("cct_keras", pretrained="cifar100")
-    with pytest.raises(CCTError, match="fix the model config: num_classes is 10 there, not 100; "
-                                       "positional_embedding is 'learnable' there, not 'sine'"):
+    with pytest.raises(CCTError, match="fix the model config: positional_embedding is 'learnable' there, not 'sine'"):
         cct.create_model("cct_keras", pretrained="cifar10", num_classes=100, positional_embedding="sine")
+    # as in timm, another number of classes gets a new head, the rest of the weights are the pretrained ones
+    tuned = cct.create_model("cct_keras", pretrained=True, num_classes=100).state_dict()
+    assert tuned["head.weight"].shape == (100, 128)
+    assert all(torch.equal(tuned[k], v) for k, v in default.items() if not k.startswith("head."))
     with pytest.raises(CCTError, match="unknown model config field 'num_class'"):
         cct.create_model("cct_keras", pretrained=True, num_class=10)
     agreeing = cct.create_model("cct_keras", pretrained=True, num_classes=10, img_size=32).state_dict()

@@ -88,6 +88,10 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     per_class = "\n".join(f"| {name} | {acc:.2%} |" for name, acc in summary["per_class"].items())
     minutes = summary["train_seconds"] / 60
     keras = c.style == "keras"
+    started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""
+    scope = f" from the weights of {config.init_from}" if config.init_from else " only"
+    command = f"cct train --model {config.model} --recipe {r.name}" + (
+        f" --init-from {config.init_from}" if config.init_from else "")
     return f"""---
 library_name: compact-transformers
 tags:
@@ -102,7 +106,7 @@ metrics:
 # {c.name} on {dataset}
 
 A Compact Convolutional Transformer ({count_parameters(model):,} parameters, {count_macs(model) / 1e6:.1f}M
-multiply-accumulates per image) trained with the `{r.name}` recipe of compact-transformers: **test top-1 {summary['test_top1']:.2%},
+multiply-accumulates per image) trained with the `{r.name}` recipe of compact-transformers{started}: **test top-1 {summary['test_top1']:.2%},
 top-5 {summary['test_top5']:.2%}** on the {summary['test_images']:,} test images.
 {"Based on the Compact Convolutional Transformers example on keras.io created by Sayak Paul; the same model, layer for layer." if keras else "The paper's CCT-" + str(c.num_layers) + "/" + str(c.kernel_size) + "x" + str(c.num_convs) + " (Hassani et al.)."}
 
@@ -121,7 +125,7 @@ classifier over {c.num_classes} classes.
 
 - Classifying {c.img_size}x{c.img_size} RGB images into the {c.num_classes} {dataset} classes
   ({", ".join(c.class_names)}); larger images are centre-fitted and resized to {c.img_size}x{c.img_size}.
-- A small research and teaching model: trained on {dataset} only, it knows nothing outside these classes and
+- A small research and teaching model: trained on {dataset}{scope}, it knows nothing outside these classes and
   every image gets one of them.
 - {"; ".join(notes)}.
 
@@ -133,7 +137,7 @@ results below.
 ## Training procedure
 
 Trained in {minutes:.0f} minutes on {config.runtime.device} ({config.runtime.threads} threads,
-{config.runtime.precision}), with `cct train --model {config.model} --recipe {r.name}`.
+{config.runtime.precision}), with `{command}`.
 
 ### Training hyperparameters
 

@@ -50,8 +50,9 @@ def _train(args: argparse.Namespace) -> None:
                       compile=args.compile, fused_optimizer=args.fused_optimizer,
                       fold_attention=args.fold_attention, keep_freed_memory=args.keep_freed_memory,
                       mkl_avx2=args.mkl_avx2, split_batch_threads=args.split_batch_threads, threads=args.threads)
-    train(RunConfig(model=args.model, dataset=args.dataset, recipe=recipe, data_dir=args.data_dir, out=args.out,
-                    runtime=runtime, checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
+    train(RunConfig(model=args.model or (None if args.init_from else "cct_keras"), dataset=args.dataset,
+                    recipe=recipe, data_dir=args.data_dir, out=args.out, runtime=runtime,
+                    checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard, init_from=args.init_from,
                     model_args=dict(args.model_arg)))
 
 
@@ -255,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_recipes)
 
     p = commands.add_parser("train", help="train a model with a named recipe")
-    p.add_argument("--model", default="cct_keras")
+    p.add_argument("--model", help="default: cct_keras, or the model of --init-from")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, or a folder with train/ and test/")
     p.add_argument("--recipe", default="keras-example")
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on the CPU, training steps and fused inference split each batch between two threads, each "
                         "with half the cores")
     p.add_argument("--threads", type=integer_in(1), help="CPU threads (default: one per available core)")
+    p.add_argument("--init-from", metavar="SOURCE",
+                   help="start from these weights (fine-tuning): a run folder, card folder or checkpoint, or a model "
+                        "with bundled weights; the head is made anew for the dataset's classes")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -171,6 +171,26 @@ def test_any_input_size_and_class_count():
     assert free(torch.rand(1, 3, 64, 64)).shape == (1, 7)
 
 
+def test_an_adapted_model_keeps_the_weights_but_its_new_head_and_resampled_positions():
+    source = cct.create_model("cct_4_3x2_32", class_names=tuple("abcdefghij"))
+    model, changed = cct.models.adapted(source, num_classes=3, img_size=48, dropout=0.2)
+    assert changed == ["the head made anew (3 classes)", "the position table resampled from 64 to 144 tokens"]
+    assert model.config.num_classes == 3 and model.config.class_names == () and model.config.dropout == 0.2
+    old, new = source.state_dict(), model.state_dict()
+    assert new["head.weight"].shape == (3, 128)
+    assert torch.equal(new["pos_embed"], source.position_table(144).detach())
+    assert all(torch.equal(new[k], v) for k, v in old.items() if not k.startswith(("head.", "pos_embed")))
+    assert model(torch.rand(2, 3, 48, 48)).shape == (2, 3)
+    same, changed = cct.models.adapted(source, class_names=tuple("abcdefghij"), stochastic_depth=0.0)
+    assert changed == [] and all(torch.equal(same.state_dict()[k], v) for k, v in old.items())
+    renamed, changed = cct.models.adapted(source, class_names=tuple("klmnopqrst"))  # ten other classes
+    assert changed == ["the head made anew (10 classes)"]
+    assert not torch.equal(renamed.head.weight, source.head.weight)
+    with pytest.raises(cct.CCTError, match="fix the model config: embed_dim is 128 there, not 64; "
+                                           "positional_embedding is 'learnable' there, not 'sine'"):
+        cct.models.adapted(source, embed_dim=64, positional_embedding="sine", num_classes=3)
+
+
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(cct.CCTError, match="unknown model 'cct_3_3x2_32'"):
         cct.create_model("cct_3_3x2_32")

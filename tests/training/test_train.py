@@ -217,6 +217,62 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
     assert results[1]["labels"][0] == expected.labels[0]
 
 
+def test_fine_tuning_takes_a_runs_weights_but_the_head_and_resumes_without_them(tmp_path, monkeypatch, capsys):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    source, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, val_size=0),
+                                out=str(tmp_path / "source")))
+    tones = tmp_path / "tones"  # the same images, other classes: the source's head does not apply
+    for split in ("train", "test"):
+        for old, new in (("blue", "bluish"), ("red", "reddish")):
+            (tones / split).mkdir(parents=True, exist_ok=True)
+            (data / split / old).rename(tones / split / new)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--init-from", "source", "--model", "cct_keras", "--dataset", "tones", "--out", "x"]) == 1
+    assert capsys.readouterr().err.strip().endswith("--model cct_keras: source holds a cct_2_3x2_32; leave --model out")
+
+    def crash_after_the_first_epoch(epoch: int, model: cct.CCT) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    run = RunConfig(model=None, dataset="tones", recipe=_tiny_recipe(lr=1e-30, val_size=0), init_from="source",
+                    out=str(tmp_path / "tuned"))  # lr 1e-30: the weights stay where they started
+    with pytest.raises(KeyboardInterrupt):
+        train(run, on_epoch_end=crash_after_the_first_epoch)
+    assert f"starting from the weights of {source} (cct_2_3x2_32): the head made anew (2 classes)" \
+        in capsys.readouterr().out
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert (saved["model"], saved["init_from"]) == ("cct_2_3x2_32", str(source))
+    (source / "best.safetensors").rename(tmp_path / "moved.safetensors")  # a resumed run needs its state only
+    out, _ = train(RunConfig.from_run(tmp_path / "tuned"), resume=True)
+    before, after = load_checkpoint(tmp_path / "moved.safetensors")[0].state_dict(), load_checkpoint(out)[0]
+    assert after.config.class_names == ("bluish", "reddish")
+    for name, value in after.state_dict().items():
+        assert torch.allclose(value, before[name], rtol=0, atol=1e-20) != name.startswith("head."), name
+    assert main(["card", str(out)]) == 0
+    card = (out / "card" / "README.md").read_text()
+    assert f"starting from the weights of `{source}`" in card and f"--init-from {source}`" in card
+
+
+@pytest.mark.parametrize("init_from", [None, "cct_4_3x2_32"])
+def test_fine_tuning_bundled_weights_on_unseen_images_beats_training_from_scratch(init_from, tmp_path, cifar10_dir):
+    # 100 training and 100 test images of three classes from CIFAR-10's test set, which the weights never saw
+    _, images = cct.data.load_cifar("cifar10", cifar10_dir, download_missing=False)
+    for label, name in ((1, "automobile"), (6, "frog"), (8, "ship")):
+        index = (images.labels == label).nonzero().flatten().tolist()
+        for split, part in (("train", index[:100]), ("test", index[100:200])):
+            (tmp_path / "data" / split / name).mkdir(parents=True, exist_ok=True)
+            for i in part:
+                image = Image.fromarray(images.images[i].permute(1, 2, 0).numpy())
+                image.save(tmp_path / "data" / split / name / f"{i}.png")
+    model = [] if init_from else ["--model", "cct_4_3x2_32"]
+    source = ["--init-from", init_from] if init_from else []
+    assert main(["train", *model, *source, "--dataset", str(tmp_path / "data"), "--epochs", "2", "--batch-size", "32",
+                 "--val-size", "0", "--out", str(tmp_path / "run")]) == 0
+    top1 = json.loads((tmp_path / "run" / "test.json").read_text())["test_top1"]
+    # measured: 94.0% fine-tuned, 59.7% from scratch
+    assert top1 >= 0.85 if init_from else top1 <= 0.75
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
 import torch
@@ -177,6 +177,44 @@ class CCT(nn.Module):
         x = self.tokens(x)
         x = self.pool(x) if self.pool is not None else x[:, 0]
         return self.head(x)
+
+
+# the fields in which a model may differ from the weights it starts from (`adapted`); the others fix its shapes
+ADAPTABLE = ("num_classes", "class_names", "img_size", "dropout", "attention_dropout", "stochastic_depth")
+
+
+def adapted_config(source: CCTConfig, **changes) -> CCTConfig:
+    """`source` with `changes` (None is ignored), which may only be in ADAPTABLE fields: a CCTError names every
+    other field that differs. Another `num_classes` drops the class names unless new ones are given."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    fixed = [f"{k} is {getattr(source, k)!r} there, not {v!r}" for k, v in sorted(changes.items())
+             if k not in ADAPTABLE and v != getattr(source, k)]
+    if fixed:
+        raise CCTError(f"pretrained weights fix the model config: {'; '.join(fixed)}")
+    if changes.get("num_classes", source.num_classes) != source.num_classes:
+        changes.setdefault("class_names", ())
+    return replace(source, **changes)
+
+
+def adapted(source: CCT, **changes) -> tuple[CCT, list[str]]:
+    """A model of `adapted_config(source.config, **changes)` holding `source`'s weights (timm's way of starting
+    from pretrained weights), and what it changed: a freshly initialised head where the classes differ (their
+    number, or their names where both models name them), the learned position table resampled for another
+    image size (`CCT.position_table`). In eval mode, on the CPU."""
+    model = CCT(adapted_config(source.config, **changes))
+    old, new = source.config, model.config
+    state = {k: v.cpu() for k, v in source.state_dict().items()}
+    changed = []
+    named_apart = old.class_names and new.class_names and old.class_names != new.class_names
+    if old.num_classes != new.num_classes or named_apart:
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+        changed.append(f"the head made anew ({new.num_classes} classes)")
+    if isinstance(model.pos_embed, nn.Parameter) and model.num_tokens != source.num_tokens:
+        with torch.no_grad():
+            state["pos_embed"] = source.position_table(model.num_tokens).cpu()
+        changed.append(f"the position table resampled from {source.num_tokens} to {model.num_tokens} tokens")
+    model.load_state_dict(state)
+    return model.eval(), changed
 
 
 def _paper_init(m: nn.Module) -> None:

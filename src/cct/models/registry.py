@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 import torch
 
 from ..errors import CCTError
-from .cct import CCT, CCTConfig
+from .cct import CCT, CCTConfig, adapted
 
 _MODELS: dict[str, CCTConfig] = {}
 _ALIASES: dict[str, str] = {}
@@ -70,25 +70,20 @@ def model_config(name: str, **overrides) -> CCTConfig:
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
                  positional_embedding: str | None = None, pretrained: str | bool | None = None, **overrides) -> CCT:
     """Build a model by name, e.g. `create_model("cct_7_3x1_32", num_classes=100)`: freshly initialised, or
-    with the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`;
-    True: CIFAR-10's, as timm's `pretrained=True` takes a model's default weights), in eval mode; the weights
-    fix the config then, and an override must agree with it."""
-    if pretrained:
-        from ..pretrained import pretrained_path
-        from ..training.checkpoint import load_checkpoint
+    starting from the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`;
+    True: CIFAR-10's, as timm's `pretrained=True` takes a model's default weights), in eval mode. As in timm,
+    another `num_classes` gives the pretrained model a new head, another `img_size` a resampled position table
+    (`adapted`); the fields that fix the weights' shapes must agree with them."""
+    if not pretrained:
+        return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
+                                positional_embedding=positional_embedding, **overrides))
+    from ..pretrained import pretrained_path
+    from ..training.checkpoint import load_checkpoint
 
-        given = {k: v for k, v in dict(num_classes=num_classes, img_size=img_size,
-                                       positional_embedding=positional_embedding, **overrides).items()
-                 if v is not None}
-        wanted = model_config(name, **given)  # unknown fields and bad values first
-        model = load_checkpoint(pretrained_path(name) if pretrained is True else pretrained_path(name, pretrained))[0]
-        differing = [f"{k} is {getattr(model.config, k)!r} there, not {getattr(wanted, k)!r}" for k in sorted(given)
-                     if getattr(model.config, k) != getattr(wanted, k)]
-        if differing:
-            raise CCTError(f"pretrained weights fix the model config: {'; '.join(differing)}")
-        return model
-    return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
-                            positional_embedding=positional_embedding, **overrides))
+    given = dict(num_classes=num_classes, img_size=img_size, positional_embedding=positional_embedding, **overrides)
+    model_config(name, **given)  # unknown fields and bad values first
+    source = load_checkpoint(pretrained_path(name) if pretrained is True else pretrained_path(name, pretrained))[0]
+    return adapted(source, **given)[0]
 
 
 def count_parameters(model: torch.nn.Module) -> int:

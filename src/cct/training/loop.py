@@ -22,7 +22,8 @@ from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write
-from ..models import CCT, count_parameters, model_config
+from ..models import CCT, CCTConfig, adapted, adapted_config, count_parameters, model_config
+from ..pretrained import from_pretrained
 from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -41,7 +42,7 @@ RUN_FILES = ("state.safetensors", "best.safetensors", "last.safetensors")
 class RunConfig:
     """One training run: what to train, on what, where, with which recipe and runtime. Saved as config.json."""
 
-    model: str
+    model: str | None  # None with init_from: the model it holds
     dataset: str
     recipe: Recipe
     data_dir: str = "data"
@@ -49,6 +50,7 @@ class RunConfig:
     runtime: Runtime = field(default_factory=Runtime)
     checkpoint_every: int = 0
     tensorboard: bool = False
+    init_from: str | None = None  # the weights it starts from (what `cct.from_pretrained` takes); None: fresh ones
     model_args: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
 
@@ -109,7 +111,15 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     if from_data:
         raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
     model_overrides = {**recipe.model_overrides(), **run.model_args}
-    config = model_config(run.model, **model_overrides)  # an unknown name or a bad field fails before the data is read
+    # an unknown name or a bad field fails before the data is read
+    source = None
+    if resume:
+        config = CCTConfig.from_dict(run.model_config)  # as the run began, whatever it started from
+    elif run.init_from:
+        source = _starting_model(run)
+        config = adapted_config(source.config, **model_overrides)
+    else:
+        config = model_config(run.model, **model_overrides)
     if run.out and not resume and any((Path(run.out) / name).exists() for name in RUN_FILES):
         raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
                        "or choose another --out")
@@ -144,8 +154,10 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         test = test.shuffled().subset(slice(0, recipe.limit_test))
     img_size = train_all.images.shape[-1]
 
-    model = CCT(replace(config, num_classes=len(train_all.classes), img_size=img_size,
-                        class_names=tuple(train_all.classes)))
+    from_data = dict(num_classes=len(train_all.classes), img_size=img_size, class_names=tuple(train_all.classes))
+    model, changed = CCT(replace(config, **from_data)), []
+    if source is not None:
+        model, changed = adapted(source, **model_overrides, **from_data)
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)
@@ -179,6 +191,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
               f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
               f"{ranks.world} process(es)")
+        if source is not None:
+            held = "" if run.init_from == source.config.name else f" ({source.config.name})"
+            print(f"starting from the weights of {run.init_from}{held}: {'; '.join(changed) or 'all of them'}")
 
     board = summary_writer(str(out / "tensorboard")) if summary_writer and ranks.main else None
     state_path = out / "state.safetensors"
@@ -289,6 +304,18 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
     ranks.close()
     return out, result
+
+
+def _starting_model(run: RunConfig) -> CCT:
+    """The model `run.init_from` names, which decides the run's model (`run.model` must agree); a path in it
+    becomes absolute, so that the run's config finds it from anywhere."""
+    source = from_pretrained(run.init_from)
+    if run.model and model_config(run.model).name != source.config.name:
+        raise CCTError(f"--model {run.model}: {run.init_from} holds a {source.config.name}; leave --model out")
+    run.model = source.config.name
+    if Path(run.init_from).exists():
+        run.init_from = str(Path(run.init_from).resolve())
+    return source
 
 
 def _summary_writer():
