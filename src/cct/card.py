@@ -33,7 +33,8 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
     model, header = load_checkpoint(run / "best.safetensors")
-    train_all, test = load_dataset(config.dataset, data_dir or config.data_dir, model.config.img_size)
+    train_all, test = load_dataset(config.dataset, data_dir or config.data_dir, model.config.img_size,
+                                   model.config.in_chans)
     result = evaluate_saved(model, header, test)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ classifier over {c.num_classes} classes.
 
 ## Intended uses & limitations
 
-- Classifying {c.img_size}x{c.img_size} RGB images into the {c.num_classes} {dataset} classes
+- Classifying {c.img_size}x{c.img_size} {'grayscale' if c.in_chans == 1 else 'RGB'} images into the {c.num_classes} {dataset} classes
   ({", ".join(c.class_names)}); larger images are centre-fitted and resized to {c.img_size}x{c.img_size}.
 - A small research and teaching model: trained on {dataset}{scope}, it knows nothing outside these classes and
   every image gets one of them.

@@ -99,7 +99,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = args.dataset or header["info"].get("dataset")
     if not dataset:
         raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
-    _, test = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size)
+    _, test = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
+                           model.config.in_chans)
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
     result = evaluate_saved(model, header, test)
@@ -134,7 +135,7 @@ def _predict(args: argparse.Namespace) -> int:
     readable, failures = {}, []
     for path in _image_files(args.images, failures):
         try:
-            readable[path] = load_image(path, classifier.model.config.img_size)
+            readable[path] = load_image(path, classifier.model.config.img_size, classifier.model.config.in_chans)
         except CCTError as e:
             failures.append(str(e))
     predictions = dict(zip(readable, classifier.predict(list(readable.values()), args.top_k))) if readable else {}

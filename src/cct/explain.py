@@ -5,16 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data import tensor_to_image
 from .errors import CCTError
 from .inference import Classifier, ImageLike
 
 
 @torch.inference_mode()
 def pooling_map(classifier: Classifier, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the image as the model saw it, (3, S, S) uint8; its token weights as a (h, w) grid summing to 1)."""
+    """(the image as the model saw it, (C, S, S) uint8; its token weights as a (h, w) grid summing to 1)."""
     model = classifier.model
     if model.pool is None:
         raise CCTError(f"{model.config.name} pools with a class token: it has no sequence-pooling weights to show")
@@ -34,5 +36,5 @@ def explain(classifier: Classifier, image: ImageLike, out: str | Path) -> Path:
     size = seen.shape[-1]
     heat = F.interpolate(weights[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
     title = f"{prediction.labels[0]} {prediction.probabilities[0]:.1%}"
-    plot_attention(seen.permute(1, 2, 0).numpy(), heat.numpy(), weights.shape, title, Path(out))
+    plot_attention(np.asarray(tensor_to_image(seen).convert("RGB")), heat.numpy(), weights.shape, title, Path(out))
     return Path(out)

@@ -59,11 +59,11 @@ class Classifier:
         return cls(from_pretrained(source, runtime.torch_device), runtime)
 
     def to_batch(self, inputs: ImageLike | list[ImageLike]) -> tuple[torch.Tensor, bool]:
-        """(N, 3, size, size) uint8 and whether a single image was given."""
-        size = self.model.config.img_size
+        """(N, in_chans, size, size) uint8 and whether a single image was given."""
+        size, channels = self.model.config.img_size, self.model.config.in_chans
         single = not isinstance(inputs, (list, tuple)) and not _is_batch(inputs)
         items = [inputs] if single else list(inputs)
-        return torch.stack([_to_uint8(item, size) for item in items]), single
+        return torch.stack([_to_uint8(item, size, channels) for item in items]), single
 
     def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
         if top_k < 1:
@@ -82,11 +82,11 @@ def _is_batch(x: ImageLike) -> bool:
     return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 4
 
 
-def _to_uint8(item: ImageLike, size: int) -> torch.Tensor:
+def _to_uint8(item: ImageLike, size: int, channels: int) -> torch.Tensor:
     if isinstance(item, (str, Path)):
-        return load_image(item, size)
+        return load_image(item, size, channels)
     if isinstance(item, Image.Image):
-        return image_to_tensor(item, size)
+        return image_to_tensor(item, size, channels)
     if isinstance(item, torch.Tensor):
         if item.ndim != 3 or item.shape[0] not in (1, 3, 4):
             raise CCTError(f"a tensor image must be (C, H, W) with 1, 3 or 4 channels, got {tuple(item.shape)}")
@@ -101,5 +101,5 @@ def _to_uint8(item: ImageLike, size: int) -> torch.Tensor:
             raise CCTError(f"an image array or tensor must be uint8 or float in [0, 1], (H, W) or (H, W, C), got "
                            f"{item.dtype} {item.shape}")
         return image_to_tensor(Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[-1] == 1
-                                               else item), size)
+                                               else item), size, channels)
     raise CCTError(f"cannot read an image from {type(item).__name__}")

@@ -23,7 +23,7 @@ from importlib import resources
 
 from PIL import Image
 
-from .data.images import ImageTooLarge, open_image
+from .data.images import ImageTooLarge, open_image, tensor_to_image
 from .errors import CCTError
 from .explain import pooling_map
 from .inference import Classifier
@@ -77,7 +77,7 @@ class PredictionServer(ThreadingHTTPServer):
             if self.classifier.model.pool is not None:
                 seen, weights = pooling_map(self.classifier, image)
                 buffer = io.BytesIO()
-                Image.fromarray(seen.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+                tensor_to_image(seen).save(buffer, format="PNG")
                 attention = {"grid": weights.tolist(),
                              "image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}
         finally:

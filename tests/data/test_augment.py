@@ -5,7 +5,7 @@ import torch
 from kornia.augmentation.auto import AutoAugment
 
 from cct.data import MixUpCutMix, build_augmentation
-from cct.data.augment import PerImagePolicy, PerImageRandAugment
+from cct.data.augment import OnRGB, PerImagePolicy, PerImageRandAugment
 
 
 def _group_sizes(modules):
@@ -45,6 +45,19 @@ def test_rand_augment_draws_operations_and_magnitudes_per_image():
                   if augment.ops[i].magnitude_range is not None]
         distinct = max(len(level.unique()) for level in levels)
         assert distinct == 1 if std == 0 else distinct > 5  # magnitude noise is per image
+
+
+def test_policies_run_on_grayscale_images_as_rgb_with_equal_channels():
+    gray = torch.rand(256, 1, 32, 32)
+    for policy in (PerImagePolicy("cifar10"), PerImageRandAugment(num_ops=2, magnitude=9, magnitude_std=0.5)):
+        torch.manual_seed(3)
+        as_rgb = policy(gray.expand(-1, 3, -1, -1))  # kornia refuses 1-channel images
+        assert not torch.equal(as_rgb, gray.expand(-1, 3, -1, -1))
+        assert torch.allclose(as_rgb[:, 1:], as_rgb[:, :1].expand(-1, 2, -1, -1), atol=1e-6)  # channels stay equal
+        torch.manual_seed(3)
+        assert torch.equal(OnRGB(policy)(gray), as_rgb[:, :1])
+    augment = build_augmentation(32, crop_padding=4, hflip=True, auto_augment=True, rand_augment=(2, 9, 0.5))
+    assert augment(gray).shape == gray.shape and augment(torch.rand(8, 3, 32, 32)).shape == (8, 3, 32, 32)
 
 
 def test_resized_crop_and_erasing():

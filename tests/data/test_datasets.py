@@ -123,6 +123,10 @@ def test_folder_dataset_converts_any_size_and_mode(tmp_path):
     assert data.labels.tolist() == [0, 0, 1, 1, 1]
     gray = data.images[1]
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    one_channel = load_image_folder(tmp_path, 32, channels=1)  # a model with in_chans=1 reads them in gray
+    assert one_channel.images.shape == (5, 1, 32, 32) and torch.equal(one_channel.images[1], gray[:1])
+    with pytest.raises(CCTError, match="in_chans 4: images are read as 1 .grayscale. or 3 .RGB. channels"):
+        load_dataset(str(tmp_path), tmp_path, channels=4)
 
 
 def test_folder_dataset_names_an_unreadable_image(tmp_path):

@@ -273,6 +273,28 @@ def test_fine_tuning_bundled_weights_on_unseen_images_beats_training_from_scratc
     assert top1 >= 0.85 if init_from else top1 <= 0.75
 
 
+def test_a_grayscale_model_trains_on_a_folder_read_in_gray_and_predicts_and_explains_files(tmp_path, capsys):
+    # in_chans=1 was accepted, then the first step failed: every image was read as RGB
+    data = write_color_dataset(tmp_path / "colors")  # red is brighter than blue in gray (luma 0.299 R, 0.114 B)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--epochs", "2",
+                 "--batch-size", "8", "--val-size", "0", "--lr", "3e-3", "--model-arg", "in_chans=1",
+                 "--model-arg", "mean=[0.3]", "--model-arg", "std=[0.2]", "--out", str(out)]) == 0
+    assert json.loads((out / "test.json").read_text())["test_top1"] >= 0.9
+    red = data / "test" / "red" / "0.png"
+    capsys.readouterr()
+    assert main(["predict", "-c", str(out), str(red), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["labels"][0] == "red"
+    assert main(["explain", "-c", str(out), str(red), "--out", str(tmp_path / "red.png")]) == 0
+    assert Image.open(tmp_path / "red.png").format == "PNG"
+    assert main(["card", str(out)]) == 0
+    assert "32x32 grayscale images" in (out / "card" / "README.md").read_text()
+    assert main(["train", "--model", "cct_2_3x2_32", "--model-arg", "in_chans=1", "--model-arg", "mean=[0.3]",
+                 "--model-arg", "std=[0.2]", "--data-dir", str(tmp_path), "--out", str(tmp_path / "cifar")]) == 1
+    assert capsys.readouterr().err.strip().endswith("cifar10: its images are RGB, so the model's in_chans must be 3, "
+                                                    "not 1")
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"

@@ -22,6 +22,21 @@ def _by_group(images: torch.Tensor, drawn: torch.Tensor, transform) -> torch.Ten
     return images
 
 
+class OnRGB(nn.Module):
+    """`op`, made for RGB images (kornia's AutoAugment and RandAugment refuse others), on grayscale images too:
+    (B, 1, H, W) runs as RGB with three equal channels, which every one of their operations keeps equal
+    (tests/data/test_augment.py), and one of them comes back. (B, C, H, W) -> (B, C, H, W), C 1 or 3."""
+
+    def __init__(self, op: nn.Module):
+        super().__init__()
+        self.op = op
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != 1:
+            return self.op(images)
+        return self.op(images.expand(-1, 3, -1, -1))[:, :1]
+
+
 class PerImagePolicy(nn.Module):
     """AutoAugment (CIFAR-10 policy by default) with one of its sub-policies drawn for each image.
     (B, C, H, W) -> (B, C, H, W)."""
@@ -83,9 +98,9 @@ def build_augmentation(img_size: int, crop_padding: int = 0, hflip: bool = False
     if hflip:
         ops.append(K.RandomHorizontalFlip())
     if auto_augment:
-        ops.append(PerImagePolicy("cifar10"))
+        ops.append(OnRGB(PerImagePolicy("cifar10")))
     if rand_augment:
-        ops.append(PerImageRandAugment(*rand_augment))
+        ops.append(OnRGB(PerImageRandAugment(*rand_augment)))
     if random_erasing:
         ops.append(K.RandomErasing(p=random_erasing))
     return nn.Sequential(*ops)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ..errors import CCTError
 from ..runtime import available_cpus
 from .download import download, extract
-from .images import IMAGE_SUFFIXES, image_files, load_image
+from .images import IMAGE_SUFFIXES, check_channels, image_files, load_image
 
 
 @dataclass
@@ -136,10 +136,11 @@ def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True,
     return (_read_split(folder, spec.train_files, spec, classes), _read_split(folder, spec.test_files, spec, classes))
 
 
-def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
+def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> ImageTensors:
     """A folder with one subfolder of images per class (sorted names are the classes; images in folders below a
     class folder count for it, as in torchvision's ImageFolder; hidden ones do not, see `image_files`), resized
-    to img_size x img_size the way `cct predict` converts images. Unreadable files are an error naming them."""
+    to img_size x img_size and read with `channels` (3: RGB, 1: grayscale) the way `cct predict` converts images.
+    Unreadable files are an error naming them."""
     root = Path(root)
     if not root.is_dir():
         raise CCTError(f"{root}: not a folder")
@@ -150,7 +151,7 @@ def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
 
     def load(path: Path) -> torch.Tensor | str:
         try:
-            return load_image(path, img_size)
+            return load_image(path, img_size, channels)
         except CCTError as e:
             return str(e)
 
@@ -173,19 +174,22 @@ def load_image_folder(root: str | Path, img_size: int) -> ImageTensors:
     return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
 
 
-def load_dataset(name: str, data_dir: str | Path, img_size: int = 32,
+def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3,
                  download_missing: bool = True) -> tuple[ImageTensors, ImageTensors]:
     """(train, test) by name: "cifar10", "cifar100", or a folder holding train/ and test/ folders of classes.
     A folder's training images come in a fixed shuffled order (seed 0), as CIFAR's do: the last ones, which
     validate (`Recipe.val_size`), and the first, which `limit_train` keeps, are then a sample of every class,
-    not the last or first class folders."""
+    not the last or first class folders. A folder's images are read with `channels` (the model's in_chans)."""
+    check_channels(channels)
     if name in CIFAR:
+        if channels != 3:
+            raise CCTError(f"{name}: its images are RGB, so the model's in_chans must be 3, not {channels}")
         return load_cifar(name, data_dir, download_missing)
     root = Path(name)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "
                        "test/ subfolders of class folders")
-    train, test = load_image_folder(root / "train", img_size), load_image_folder(root / "test", img_size)
+    train, test = (load_image_folder(root / split, img_size, channels) for split in ("train", "test"))
     if train.classes != test.classes:
         splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]

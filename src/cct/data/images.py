@@ -45,18 +45,32 @@ def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     return image
 
 
-def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """Any PIL image -> (3, size, size) uint8: EXIF rotation applied, the first frame of an animation,
-    16-bit values scaled to 8 bits, converted to RGB, the shorter side resized to `size` and the centre
-    cropped (a CIFAR image passes through unchanged)."""
+MODE_OF_CHANNELS = {1: "L", 3: "RGB"}  # how images are read for a model's in_chans
+
+
+def check_channels(channels: int) -> None:
+    if channels not in MODE_OF_CHANNELS:
+        raise CCTError(f"in_chans {channels}: images are read as 1 (grayscale) or 3 (RGB) channels")
+
+
+def image_to_tensor(image: Image.Image, size: int, channels: int = 3) -> torch.Tensor:
+    """Any PIL image -> (channels, size, size) uint8: EXIF rotation applied, the first frame of an animation,
+    16-bit values scaled to 8 bits, converted to RGB (or grayscale for 1 channel), the shorter side resized to
+    `size` and the centre cropped (a CIFAR image passes through unchanged)."""
+    check_channels(channels)
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    if image.mode != MODE_OF_CHANNELS[channels]:
+        image = image.convert(MODE_OF_CHANNELS[channels])
     if image.size != (size, size):
         image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).view(size, size, channels).permute(2, 0, 1)
+
+
+def tensor_to_image(image: torch.Tensor) -> Image.Image:
+    """(C, H, W) uint8, 1 or 3 channels, as `image_to_tensor` makes them -> a PIL image ("L" or "RGB")."""
+    return Image.fromarray(image[0].numpy() if len(image) == 1 else image.permute(1, 2, 0).numpy())
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -66,7 +80,8 @@ def image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """An image file -> (3, size, size) uint8; a file that is not a readable image is a CCTError naming it."""
+def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
+    """An image file -> (channels, size, size) uint8 (`image_to_tensor`); a file that is not a readable image is
+    a CCTError naming it."""
     with open_image(path) as image:
-        return image_to_tensor(image, size)
+        return image_to_tensor(image, size, channels)

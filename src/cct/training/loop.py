@@ -141,7 +141,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
 
     # data: the last `val_size` training images validate (0: none, every epoch is kept as the best); all of it
     # stays in memory as uint8
-    train_all, test = load_dataset(run.dataset, run.data_dir, config.img_size)
+    train_all, test = load_dataset(run.dataset, run.data_dir, config.img_size, config.in_chans)
     if recipe.val_size >= len(train_all):
         raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)}; "
                        "set --val-size)")
