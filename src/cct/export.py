@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ ONNX_OPSET = 18
 
 
 def export_onnx(model: CCT, out: str | Path) -> Path:
-    """Write `model` as ONNX: input "images" float (batch, 3, S, S) in [0, 1], output "logits" (batch, classes);
+    """Write `model` as ONNX: input "images" float (batch, in_chans, S, S) in [0, 1], output "logits" (batch, classes);
     the batch dimension is dynamic. The class names are stored in the file's metadata."""
     try:
         import onnx
@@ -25,11 +27,15 @@ def export_onnx(model: CCT, out: str | Path) -> Path:
     model = model.float().eval().cpu()
     example = torch.rand(2, c.in_chans, c.img_size, c.img_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with tempfile.TemporaryDirectory() as tmp:
+    # the exporter's own chatter: its progress, that torchvision's detection ops (which no CCT uses) are not
+    # registered, and a deprecation inside torch.export
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         staged = Path(tmp) / "model.onnx"
         torch.onnx.export(model, (example,), staged, input_names=["images"], output_names=["logits"],
                           dynamic_shapes={"x": {0: batch}}, opset_version=ONNX_OPSET, dynamo=True,
-                          external_data=False)
+                          external_data=False, verbose=False)
         proto = onnx.load(staged)
     onnx.helper.set_model_props(proto, {"cct_model": c.name, "class_names": "\n".join(c.class_names)})
     out = Path(out)
