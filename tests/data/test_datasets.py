@@ -1,5 +1,6 @@
 import os
 import pickle
+import shutil
 import socket
 from dataclasses import replace
 
@@ -143,6 +144,11 @@ def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
             (tmp_path / split / cls).mkdir(parents=True)
             write_image(tmp_path / split / cls / "0.png", (32, 32))
     with pytest.raises(CCTError, match=r"different class folders \(only in train/: owls; only in test/: horses\)$"):
+        load_dataset(str(tmp_path), tmp_path)
+    for split, cls in (("train", "dogs"), ("train", "owls"), ("test", "dogs"), ("test", "horses")):
+        shutil.rmtree(tmp_path / split / cls)
+    # one class trained to a "100%" model without a word
+    with pytest.raises(CCTError, match=r"one class folder \(cats\); a classifier needs two or more$"):
         load_dataset(str(tmp_path), tmp_path)
 
 

@@ -194,4 +194,6 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
         splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
+    if len(train.classes) < 2:
+        raise CCTError(f"{root}: one class folder ({train.classes[0]}); a classifier needs two or more")
     return train.shuffled(), test
