@@ -30,7 +30,7 @@ def _models(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime, resolve_device
-    from .training import RunConfig, get_recipe, train
+    from .training import RunConfig, get_recipe
     from .training.distributed import require_gpus
 
     if args.nproc > 1:  # the same command under torchrun, one process per rank
@@ -40,8 +40,7 @@ def _train(args: argparse.Namespace) -> None:
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                 f"--nproc_per_node={args.nproc}", "-m", "cct", *_without_nproc(args.argv)])
     if args.resume:
-        train(RunConfig.from_run(args.resume), resume=True)
-        return
+        return _train_run(RunConfig.from_run(args.resume), resume=True)
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
     recipe = get_recipe(args.recipe).with_overrides(
@@ -50,10 +49,24 @@ def _train(args: argparse.Namespace) -> None:
                       compile=args.compile, fused_optimizer=args.fused_optimizer,
                       fold_attention=args.fold_attention, keep_freed_memory=args.keep_freed_memory,
                       mkl_avx2=args.mkl_avx2, split_batch_threads=args.split_batch_threads, threads=args.threads)
-    train(RunConfig(model=args.model or (None if args.init_from else "cct_keras"), dataset=args.dataset,
-                    recipe=recipe, data_dir=args.data_dir, out=args.out, runtime=runtime,
-                    checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard, init_from=args.init_from,
-                    model_args=dict(args.model_arg)))
+    return _train_run(RunConfig(model=args.model or (None if args.init_from else "cct_keras"), dataset=args.dataset,
+                                recipe=recipe, data_dir=args.data_dir, out=args.out, runtime=runtime,
+                                checkpoint_every=args.checkpoint_every, tensorboard=args.tensorboard,
+                                init_from=args.init_from, model_args=dict(args.model_arg)))
+
+
+def _train_run(run, resume: bool = False) -> int:
+    """Train; interrupted (Ctrl-C) after a training state was saved, say how to continue."""
+    from .training import train
+
+    try:
+        train(run, resume=resume)
+    except KeyboardInterrupt:
+        if not (run.out and (Path(run.out) / "state.safetensors").is_file()):
+            raise
+        print(f"cct: interrupted; `cct train --resume {run.out}` continues from the last saved state", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _recipes(args: argparse.Namespace) -> None:

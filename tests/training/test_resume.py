@@ -73,3 +73,21 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 1
     assert "config.json: no such file (not a run folder)" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue_the_run(tmp_path):
+    data = write_color_dataset(tmp_path / "colors", per_class=64)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    process = subprocess.Popen([sys.executable, "-m", "cct", "train", "--model", "cct_2_3x2_32", "--dataset",
+                                str(data), "--val-size", "8", "--batch-size", "8", "--epochs", "100", "--out",
+                                str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _progress(run / "state.safetensors") is None and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    errors = process.communicate(timeout=60)[1]
+    assert process.returncode == 130
+    assert errors.strip().splitlines()[-1] == \
+        f"cct: interrupted; `cct train --resume {run}` continues from the last saved state"
