@@ -144,7 +144,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     train_all, test = load_dataset(run.dataset, run.data_dir, config.img_size, config.in_chans)
     if recipe.val_size >= len(train_all):
         raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)}; "
-                       "set --val-size)")
+                       f"set --val-size, e.g. {len(train_all) // 10} for a tenth, or 0 for none)")
     train_set = train_all.subset(slice(0, len(train_all) - recipe.val_size))
     val_set = train_all.subset(slice(len(train_all) - recipe.val_size, None))
     if recipe.limit_train:
