@@ -123,7 +123,8 @@ def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(tmp_path
 
 def test_a_validation_set_must_leave_training_images(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
-    message = r"val_size 16: must leave training images \(the set has 16; set --val-size, e.g. 1 for a tenth, or 0 for none\)$"
+    message = (r"val_size 16: must leave training images \(the set has 16; set --val-size, e.g. 1 for a tenth, "
+               r"or 0 for none\)$")
     with pytest.raises(cct.CCTError, match=message):
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(val_size=16),
                         out=str(tmp_path / "run")))
