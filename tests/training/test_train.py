@@ -236,17 +236,18 @@ def test_fine_tuning_takes_a_runs_weights_but_the_head_and_resumes_without_them(
             raise KeyboardInterrupt
 
     run = RunConfig(model=None, dataset="tones", recipe=_tiny_recipe(lr=1e-30, val_size=0), init_from="source",
-                    out=str(tmp_path / "tuned"))  # lr 1e-30: the weights stay where they started
+                    model_args={"img_size": 48}, out=str(tmp_path / "tuned"))  # lr 1e-30: the weights stay put
     with pytest.raises(KeyboardInterrupt):
         train(run, on_epoch_end=crash_after_the_first_epoch)
-    assert f"starting from the weights of {source} (cct_2_3x2_32): the head made anew (2 classes)" \
-        in capsys.readouterr().out
+    assert f"starting from the weights of {source} (cct_2_3x2_32): the head made anew (2 classes); the position " \
+           "table resampled from 64 to 144 tokens" in capsys.readouterr().out
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert (saved["model"], saved["init_from"]) == ("cct_2_3x2_32", str(source))
     (source / "best.safetensors").rename(tmp_path / "moved.safetensors")  # a resumed run needs its state only
     out, _ = train(RunConfig.from_run(tmp_path / "tuned"), resume=True)
-    before, after = load_checkpoint(tmp_path / "moved.safetensors")[0].state_dict(), load_checkpoint(out)[0]
-    assert after.config.class_names == ("bluish", "reddish")
+    started, after = load_checkpoint(tmp_path / "moved.safetensors")[0], load_checkpoint(out)[0]
+    assert after.config.class_names == ("bluish", "reddish") and after.config.img_size == 48
+    before = {**started.state_dict(), "pos_embed": started.position_table(144).detach()}
     for name, value in after.state_dict().items():
         assert torch.allclose(value, before[name], rtol=0, atol=1e-20) != name.startswith("head."), name
     assert main(["card", str(out)]) == 0
