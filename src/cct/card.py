@@ -87,7 +87,8 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     if r.tta_flip:
         notes.append("at test time the logits of the image and of its mirror image are averaged")
     per_class = "\n".join(f"| {name} | {acc:.2%} |" for name, acc in summary["per_class"].items())
-    minutes = summary["train_seconds"] / 60
+    seconds = summary["train_seconds"]
+    took = f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
     keras = c.style == "keras"
     started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""
     scope = f" from the weights of {config.init_from}" if config.init_from else " only"
@@ -137,7 +138,7 @@ results below.
 
 ## Training procedure
 
-Trained in {minutes:.0f} minutes on {config.runtime.device} ({config.runtime.threads} threads,
+Trained in {took} on {config.runtime.device} ({config.runtime.threads} threads,
 {config.runtime.precision}), with `{command}`.
 
 ### Training hyperparameters

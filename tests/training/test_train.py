@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import tarfile
 from dataclasses import replace
 
@@ -253,6 +254,7 @@ def test_fine_tuning_takes_a_runs_weights_but_the_head_and_resumes_without_them(
     assert main(["card", str(out)]) == 0
     card = (out / "card" / "README.md").read_text()
     assert f"starting from the weights of `{source}`" in card and f"--init-from {source}`" in card
+    assert re.search(r"Trained in \d seconds on cpu", card)  # "0 minutes" before
 
 
 @pytest.mark.parametrize("init_from", [None, "cct_4_3x2_32"])
