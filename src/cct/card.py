@@ -48,7 +48,8 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                    "train_seconds": sum(float(r["seconds"]) for r in rows)}
         card_config = {"library_name": "compact-transformers", "library_version": __version__,
                        "model": model.config.to_dict(), "dataset": Path(config.dataset).name,
-                       "recipe": config.recipe.to_dict(), "runtime": asdict(config.runtime), "results": summary}
+                       "recipe": config.recipe.to_dict(), "runtime": asdict(config.runtime),
+                       "init_from": config.init_from, "results": summary}
         (staging / "config.json").write_text(json.dumps(card_config, indent=2) + "\n")
         plot_training_curves(rows, staging / FIGURES["curves"])
         plot_architecture(model, staging / FIGURES["architecture"])

@@ -255,6 +255,7 @@ def test_fine_tuning_takes_a_runs_weights_but_the_head_and_resumes_without_them(
     card = (out / "card" / "README.md").read_text()
     assert f"starting from the weights of `{source}`" in card and f"--init-from {source}`" in card
     assert re.search(r"Trained in \d seconds on cpu", card)  # "0 minutes" before
+    assert json.loads((out / "card" / "config.json").read_text())["init_from"] == str(source)
 
 
 @pytest.mark.parametrize("init_from", [None, "cct_4_3x2_32"])
