@@ -91,6 +91,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     seconds = summary["train_seconds"]
     took = f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
     keras = c.style == "keras"
+    colour = "grayscale" if c.in_chans == 1 else "RGB"
     started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""
     scope = f" from the weights of {config.init_from}" if config.init_from else " only"
     command = f"cct train --model {config.model} --recipe {r.name}" + (
@@ -126,7 +127,7 @@ classifier over {c.num_classes} classes.
 
 ## Intended uses & limitations
 
-- Classifying {c.img_size}x{c.img_size} {'grayscale' if c.in_chans == 1 else 'RGB'} images into the {c.num_classes} {dataset} classes
+- Classifying {c.img_size}x{c.img_size} {colour} images into the {c.num_classes} {dataset} classes
   ({", ".join(c.class_names)}); larger images are centre-fitted and resized to {c.img_size}x{c.img_size}.
 - A small research and teaching model: trained on {dataset}{scope}, it knows nothing outside these classes and
   every image gets one of them.

@@ -56,7 +56,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _train_run(run, resume: bool = False) -> int:
-    """Train; interrupted (Ctrl-C) after a training state was saved, say how to continue."""
+    """Train the RunConfig `run`; interrupted (Ctrl-C) after a training state was saved, say how to continue."""
     from .training import train
 
     try:

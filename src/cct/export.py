@@ -17,8 +17,8 @@ ONNX_OPSET = 18
 
 
 def export_onnx(model: CCT, out: str | Path) -> Path:
-    """Write `model` as ONNX: input "images" float (batch, in_chans, S, S) in [0, 1], output "logits" (batch, classes);
-    the batch dimension is dynamic. The class names are stored in the file's metadata."""
+    """Write `model` as ONNX: input "images" float (batch, in_chans, S, S) in [0, 1], output "logits" (batch,
+    classes); the batch dimension is dynamic. The class names are stored in the file's metadata."""
     try:
         import onnx
     except ImportError as e:
