@@ -179,7 +179,8 @@ class CCT(nn.Module):
         return self.head(x)
 
 
-# the fields in which a model may differ from the weights it starts from (`adapted`); the others fix its shapes
+# the fields in which a model may differ from the weights it starts from (`adapted`); the weights fix the others:
+# their shapes, and what they were trained on (the input normalisation, the kind of position table, the layout)
 ADAPTABLE = ("num_classes", "class_names", "img_size", "dropout", "attention_dropout", "stochastic_depth")
 
 

@@ -73,7 +73,7 @@ def create_model(name: str, num_classes: int | None = None, img_size: int | None
     starting from the weights bundled for dataset `pretrained` (`create_model("cct_keras", pretrained="cifar10")`;
     True: CIFAR-10's, as timm's `pretrained=True` takes a model's default weights), in eval mode. As in timm,
     another `num_classes` gives the pretrained model a new head, another `img_size` a resampled position table
-    (`adapted`); the fields that fix the weights' shapes must agree with them."""
+    (`adapted`); the other fields must agree with the weights."""
     if not pretrained:
         return CCT(model_config(name, num_classes=num_classes, img_size=img_size,
                                 positional_embedding=positional_embedding, **overrides))
