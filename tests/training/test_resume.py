@@ -81,7 +81,9 @@ def test_ctrl_c_says_how_to_continue_the_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     process = subprocess.Popen([sys.executable, "-m", "cct", "train", "--model", "cct_2_3x2_32", "--dataset",
                                 str(data), "--val-size", "8", "--batch-size", "8", "--epochs", "100", "--out",
-                                str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               # a shell's background jobs ignore SIGINT, and so would the run (as CI starts it)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while _progress(run / "state.safetensors") is None and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be interrupted"
