@@ -43,10 +43,11 @@ class RequestError(Exception):
         self.status = status
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Upload bytes -> a decoded PIL image (the pixel count checked before decoding)."""
+def decode_image(data: bytes, max_pixels: int, size: int) -> Image.Image:
+    """Upload bytes -> a decoded PIL image for a model of input `size`, as `open_image` decodes files (the pixel
+    count checked before decoding)."""
     try:
-        return open_image(io.BytesIO(data), "the upload", max_pixels)
+        return open_image(io.BytesIO(data), "the upload", max_pixels, size)
     except ImageTooLarge as e:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
     except CCTError as e:
@@ -123,7 +124,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.path != "/api/predict":
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
-            self._json(HTTPStatus.OK, self.server.predict(decode_image(self._body(), self.server.limits.max_pixels)))
+            image = decode_image(self._body(), self.server.limits.max_pixels, self.server.classifier.model.config.img_size)
+            self._json(HTTPStatus.OK, self.server.predict(image))
         except RequestError as e:
             self.close_connection = True
             self._json(e.status, {"error": str(e)})

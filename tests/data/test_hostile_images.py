@@ -12,6 +12,7 @@ from PIL import Image
 import cct
 from cct.cli import main
 from cct.data import image_to_tensor, load_image, load_image_folder
+from cct.data.images import open_image
 from cct.errors import CCTError
 from cct.training import save_checkpoint
 
@@ -86,6 +87,18 @@ def test_animated_gif_uses_its_first_frame(tmp_path):
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
     assert Image.open(tmp_path / "anim.gif").n_frames == 2
     assert torch.equal(load_image(tmp_path / "anim.gif", 32), image_to_tensor(frames[0].convert("RGB"), 32))
+
+
+def test_a_large_jpeg_decodes_at_the_smallest_scale_that_covers_the_input(tmp_path):
+    # a phone photo was decoded whole (12 megapixels: ~190 ms) to make a 32 x 32 input
+    Image.fromarray(PIXELS).resize((1600, 1200), Image.Resampling.BICUBIC).save(tmp_path / "photo.jpg", quality=95)
+    assert open_image(tmp_path / "photo.jpg").size == (1600, 1200)
+    assert open_image(tmp_path / "photo.jpg", size=32).size == (200, 150)  # 1/8
+    assert open_image(tmp_path / "photo.jpg", size=224).size == (400, 300)  # 1/4: 1/8 would be under 224
+    for size in (32, 224):
+        whole = image_to_tensor(open_image(tmp_path / "photo.jpg"), size).int()
+        difference = (load_image(tmp_path / "photo.jpg", size).int() - whole).abs()
+        assert difference.float().mean() < 1 and difference.max() <= 8, size
 
 
 def test_predict_answers_every_good_file_and_names_each_bad_one(tmp_path, capsys):

@@ -21,9 +21,13 @@ class ImageTooLarge(CCTError):
     """An image with more pixels than allowed."""
 
 
-def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixels: int = MAX_PIXELS,
+               size: int | None = None) -> Image.Image:
     """Open and decode an image file (a path or a binary file object), checking its pixel count from the
-    header before any pixel is decoded. Every failure is a CCTError starting with `name` (default: the path)."""
+    header before any pixel is decoded. Every failure is a CCTError starting with `name` (default: the path).
+    With `size`, a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4, 1/8) that still covers
+    size x size (PIL's draft): a 12-megapixel photo 5x faster, within a few levels of the full decode once
+    resized."""
     name = name or str(source)
     try:
         image = Image.open(source)
@@ -36,6 +40,8 @@ def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
         image.close()
         raise ImageTooLarge(f"{name}: the image has {pixels:,} pixels; the limit is {max_pixels:,}")
     try:
+        if size is not None and image.format == "JPEG":
+            image.draft(None, (size, size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel count is checked above
             image.load()
@@ -83,5 +89,5 @@ def image_files(folder: Path) -> list[Path]:
 def load_image(path: str | Path, size: int, channels: int = 3) -> torch.Tensor:
     """An image file -> (channels, size, size) uint8 (`image_to_tensor`); a file that is not a readable image is
     a CCTError naming it."""
-    with open_image(path) as image:
+    with open_image(path, size=size) as image:
         return image_to_tensor(image, size, channels)
