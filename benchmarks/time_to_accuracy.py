@@ -32,7 +32,7 @@ def main() -> None:
 
     recipe = get_recipe(args.recipe)
     recipe = recipe.with_overrides({"epochs": args.epochs or recipe.epochs, **dict(args.recipe_arg)})
-    _, test = load_dataset("cifar10", args.data_dir)
+    (test,) = load_dataset("cifar10", args.data_dir, splits=("test",))
     runtime = Runtime(compile=args.compile).resolve()
     started = time.perf_counter()
     scoring = 0.0

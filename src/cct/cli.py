@@ -112,8 +112,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = args.dataset or header["info"].get("dataset")
     if not dataset:
         raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
-    _, test = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
-                           model.config.in_chans)
+    (test,) = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
+                           model.config.in_chans, splits=("test",))
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
     result = evaluate_saved(model, header, test)

@@ -2,13 +2,17 @@ import os
 import pickle
 import shutil
 import socket
+import tarfile
 from dataclasses import replace
 
 import pytest
 import torch
 
+import cct
+from cct.cli import main
 from cct.data import CIFAR, build_augmentation, load_cifar, load_dataset, load_image_folder
 from cct.errors import CCTError
+from cct.training import save_checkpoint
 from tests.conftest import md5_of, write_cifar10_archive
 from tests.helpers import write_image
 
@@ -143,6 +147,7 @@ def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
         for cls in classes:
             (tmp_path / split / cls).mkdir(parents=True)
             write_image(tmp_path / split / cls / "0.png", (32, 32))
+    (tmp_path / "train" / "cats" / "broken.png").write_bytes(b"text")  # the classes are compared before any decoding
     with pytest.raises(CCTError, match=r"different class folders \(only in train/: owls; only in test/: horses\)$"):
         load_dataset(str(tmp_path), tmp_path)
     for split, cls in (("train", "dogs"), ("train", "owls"), ("test", "dogs"), ("test", "horses")):
@@ -150,6 +155,28 @@ def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
     # one class trained to a "100%" model without a word
     with pytest.raises(CCTError, match=r"one class folder \(cats\); a classifier needs two or more$"):
         load_dataset(str(tmp_path), tmp_path)
+
+
+def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
+    # `cct evaluate` decoded every training image of a folder, then used the test split alone
+    for split in ("train", "test"):
+        for cls in ("cats", "dogs"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            write_image(tmp_path / split / cls / "0.png", (32, 32))
+    (tmp_path / "train" / "cats" / "broken.png").write_bytes(b"text")
+    with pytest.raises(CCTError, match="1 unreadable image"):
+        load_dataset(str(tmp_path), tmp_path)
+    (test,) = load_dataset(str(tmp_path), tmp_path, splits=("test",))
+    assert test.labels.tolist() == [0, 1] and test.classes == ["cats", "dogs"]
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2))
+    assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path)]) == 0
+    assert f"on {tmp_path} test (2 images): top-1" in capsys.readouterr().out
+    write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=20)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
+        tar.extractall(tmp_path / "cifar", filter="data")
+    (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged, and not read")
+    (test,) = load_dataset("cifar10", tmp_path / "cifar", splits=("test",))
+    assert len(test) == 20
 
 
 def test_a_folder_training_set_comes_shuffled_so_its_last_images_sample_every_class(tmp_path):

@@ -123,9 +123,9 @@ def find_cifar(spec: CifarSpec, data_dir: Path, download_missing: bool = True) -
     return extract(archive, spec.md5, data_dir, spec.folder)
 
 
-def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True,
-               spec: CifarSpec | None = None) -> tuple[ImageTensors, ImageTensors]:
-    """(train, test) of CIFAR-10 or CIFAR-100, as uint8 tensors in the official order."""
+def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True, spec: CifarSpec | None = None,
+               splits: tuple[str, ...] = ("train", "test")) -> tuple[ImageTensors, ...]:
+    """The `splits` (train, test) of CIFAR-10 or CIFAR-100, as uint8 tensors in the official order."""
     if spec is None:
         if name not in CIFAR:
             raise CCTError(f"unknown dataset '{name}' (choose from {', '.join(CIFAR)} or a folder of images)")
@@ -133,7 +133,18 @@ def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True,
     folder = find_cifar(spec, Path(data_dir), download_missing)
     meta = _read_pickle(folder / spec.meta_file)
     classes = [c.decode() for c in meta[spec.names_key]]
-    return (_read_split(folder, spec.train_files, spec, classes), _read_split(folder, spec.test_files, spec, classes))
+    files = {"train": spec.train_files, "test": spec.test_files}
+    return tuple(_read_split(folder, files[split], spec, classes) for split in splits)
+
+
+def class_folders(root: Path) -> list[str]:
+    """The sorted names of the class folders in `root`, hidden ones left out."""
+    if not root.is_dir():
+        raise CCTError(f"{root}: not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    return classes
 
 
 def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> ImageTensors:
@@ -142,11 +153,7 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     to img_size x img_size and read with `channels` (3: RGB, 1: grayscale) the way `cct predict` converts images.
     Unreadable files are an error naming them."""
     root = Path(root)
-    if not root.is_dir():
-        raise CCTError(f"{root}: not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
+    classes = class_folders(root)
     files = [(path, label) for label, cls in enumerate(classes) for path in image_files(root / cls)]
 
     def load(path: Path) -> torch.Tensor | str:
@@ -174,9 +181,10 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
 
 
-def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3,
-                 download_missing: bool = True) -> tuple[ImageTensors, ImageTensors]:
-    """(train, test) by name: "cifar10", "cifar100", or a folder holding train/ and test/ folders of classes.
+def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3, download_missing: bool = True,
+                 splits: tuple[str, ...] = ("train", "test")) -> tuple[ImageTensors, ...]:
+    """The `splits` (train, test; only those are read) of a dataset by name: "cifar10", "cifar100", or a folder
+    holding train/ and test/ folders of classes, the same in both.
     A folder's training images come in a fixed shuffled order (seed 0), as CIFAR's do: the last ones, which
     validate (`Recipe.val_size`), and the first, which `limit_train` keeps, are then a sample of every class,
     not the last or first class folders. A folder's images are read with `channels` (the model's in_chans)."""
@@ -184,16 +192,17 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
     if name in CIFAR:
         if channels != 3:
             raise CCTError(f"{name}: its images are RGB, so the model's in_chans must be 3, not {channels}")
-        return load_cifar(name, data_dir, download_missing)
+        return load_cifar(name, data_dir, download_missing, splits=splits)
     root = Path(name)
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "
                        "test/ subfolders of class folders")
-    train, test = (load_image_folder(root / split, img_size, channels) for split in ("train", "test"))
-    if train.classes != test.classes:
-        splits = (("train", set(train.classes) - set(test.classes)), ("test", set(test.classes) - set(train.classes)))
-        only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in splits if names]
+    train, test = class_folders(root / "train"), class_folders(root / "test")
+    if train != test:
+        differ = (("train", set(train) - set(test)), ("test", set(test) - set(train)))
+        only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in differ if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
-    if len(train.classes) < 2:
-        raise CCTError(f"{root}: one class folder ({train.classes[0]}); a classifier needs two or more")
-    return train.shuffled(), test
+    if len(train) < 2:
+        raise CCTError(f"{root}: one class folder ({train[0]}); a classifier needs two or more")
+    loaded = [load_image_folder(root / split, img_size, channels) for split in splits]
+    return tuple(data.shuffled() if split == "train" else data for split, data in zip(splits, loaded))
