@@ -155,8 +155,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     img_size = train_all.images.shape[-1]
 
     from_data = dict(num_classes=len(train_all.classes), img_size=img_size, class_names=tuple(train_all.classes))
-    model, changed = CCT(replace(config, **from_data)), []
-    if source is not None:
+    if source is None:
+        model, changed = CCT(replace(config, **from_data)), []
+    else:
         model, changed = adapted(source, **{**model_overrides, **from_data})
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
