@@ -134,3 +134,14 @@ def test_python_m_cct_runs_the_cli():
     assert result.returncode == 0 and "cvt_7_4_32" in result.stdout
     result = subprocess.run([sys.executable, "-m", "cct", "predict"], capture_output=True, text=True)
     assert result.returncode == 2 and "the following arguments are required" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `cct models | head` ended with a BrokenPipeError traceback
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "cct", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes its first line
+    assert process.wait(timeout=120) == 1
+    assert process.stderr.read() == b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -378,3 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cct: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`cct models | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again
+        return 1
