@@ -21,7 +21,7 @@ def test_every_kind_of_input_gives_the_same_prediction(tmp_path, classifier):
     assert len(expected.labels) == 3 and expected.labels[0] in "abcdefghij"
     assert expected.probabilities == sorted(expected.probabilities, reverse=True)
     chw = torch.from_numpy(pixels).permute(2, 0, 1)
-    for item in (tmp_path / "x.png", Image.fromarray(pixels), pixels, pixels / np.float32(255), chw, chw.float() / 255,
+    for item in (tmp_path / "x.png", (tmp_path / "x.png").read_bytes(), Image.fromarray(pixels), pixels, pixels / np.float32(255), chw, chw.float() / 255,
                  (chw.float() / 255).bfloat16()):
         got = classifier.predict(item, top_k=3)
         assert got.labels == expected.labels
@@ -47,6 +47,8 @@ def test_bad_inputs_are_clear_errors(classifier):
         classifier.predict(torch.linspace(0, 255, 3 * 32 * 32).view(3, 32, 32))
     with pytest.raises(cct.CCTError, match=r"got -0.5 to 0.5"):
         classifier.predict(torch.linspace(-0.5, 0.5, 3 * 32 * 32).view(3, 32, 32).numpy())
+    with pytest.raises(cct.CCTError, match=r"the image bytes: not a readable image \(UnidentifiedImageError\)"):
+        classifier.predict(b"GIF89a but not an image")
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
     with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -10,13 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import image_to_tensor, load_image
+from .data.images import image_to_tensor, load_image, open_image
 from .errors import CCTError
 from .evaluation import predict_logits
 from .models import CCT
 from .runtime import Runtime
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Classifier:
         clf.predict("cat.jpg")                      # -> Prediction
         clf.predict(["a.png", pil_image, array])     # -> [Prediction, ...]
 
-    Inputs: file paths, PIL images, arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W), arrays
+    Inputs: file paths, a file's bytes (an upload, a download), PIL images, arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W), arrays
     and tensors uint8 or float in [0, 1] (as matplotlib's imread gives PNGs). Every one goes through
     `image_to_tensor`, as training folders and files do.
     """
@@ -85,6 +86,9 @@ def _is_batch(x: ImageLike) -> bool:
 def _to_uint8(item: ImageLike, size: int, channels: int) -> torch.Tensor:
     if isinstance(item, (str, Path)):
         return load_image(item, size, channels)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        with open_image(io.BytesIO(item), "the image bytes", size=size) as image:
+            return image_to_tensor(image, size, channels)
     if isinstance(item, Image.Image):
         return image_to_tensor(item, size, channels)
     if isinstance(item, torch.Tensor):
