@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a model with a named recipe")
     p.add_argument("--model", help="default: cct_keras, or the model of --init-from")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, or a folder with train/ and test/")
-    p.add_argument("--recipe", default="keras-example")
+    p.add_argument("--recipe", default="keras-example", help="a named recipe (`cct recipes` lists them; default: "
+                   "keras-example)")
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
     p.add_argument("--out", help="run folder, not one holding a run already (default: runs/<model>-<dataset>-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
@@ -295,10 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="SOURCE",
                    help="start from these weights (fine-tuning): a run folder, card folder or checkpoint, or a model "
                         "with bundled weights; the head is made anew for the dataset's classes")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--seed", int)):
+        p.add_argument(flag, type=kind, help=f"the recipe's {flag[2:].replace('-', '_')}, overridden")
     p.add_argument("--limit-train", type=int, help="train on the first N training images only")
     p.add_argument("--limit-test", type=int, help="test on a fixed random N of the test images")
     p.add_argument("--val-size", type=int, help="the last N training images validate")
