@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import CCTError
@@ -34,14 +35,25 @@ def _train(args: argparse.Namespace) -> None:
     from .training import RunConfig, get_recipe
     from .training.distributed import require_gpus
 
-    if args.nproc > 1:  # the same command under torchrun, one process per rank
-        device = RunConfig.from_run(args.resume).runtime.device if args.resume else args.device
-        if resolve_device(device).type == "cuda":
-            require_gpus(args.nproc)
+    source = args.resume or args.config  # a run whose whole config is taken
+    saved = RunConfig.from_run(source) if source else None
+    if saved:
+        others = _options_given(args, {"nproc"} | ({"out"} if args.config else set()))
+        if others:
+            raise CCTError(f"{'--resume' if args.resume else '--config'} takes the whole config of {source}; "
+                           f"{', '.join(others)} cannot go with it"
+                           + (" (edit a copy of its config.json to change it)" if args.config else ""))
+    launched = "LOCAL_RANK" in os.environ  # a rank that torchrun started
+    nproc = args.nproc or (saved.processes if saved and not launched else 1)
+    if nproc > 1:  # the same command under torchrun, one process per rank
+        if resolve_device(saved.runtime.device if saved else args.device).type == "cuda":
+            require_gpus(nproc)
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                f"--nproc_per_node={args.nproc}", "-m", "cct", *_without_nproc(args.argv)])
+                                f"--nproc_per_node={nproc}", "-m", "cct", *_without_nproc(args.argv)])
     if args.resume:
-        return _train_run(RunConfig.from_run(args.resume), resume=True)
+        return _train_run(saved, resume=True)
+    if args.config:
+        return _train_run(replace(saved, out=args.out, model_config={}))
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
     recipe = get_recipe(args.recipe).with_overrides(
@@ -77,6 +89,13 @@ def _recipes(args: argparse.Namespace) -> None:
         print(f"{recipe.name}:")
         for key, value in recipe.to_dict().items():
             print(f"  {key:<20} {value}")
+
+
+def _options_given(args: argparse.Namespace, allowed: set[str]) -> list[str]:
+    """The `cct train` options of `args` that differ from their defaults, but for `allowed` ones (by dest)."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    return [f"--{key.replace('_', '-')}" for key, default in defaults.items()
+            if key not in allowed | {"resume", "config"} and getattr(args, key) != default]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -305,13 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field of the model config, e.g. --model-arg positional_embedding=sine")
     p.add_argument("--recipe-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the recipe (see `cct recipes`), e.g. --recipe-arg ema_decay=0.999")
-    p.add_argument("--nproc", type=integer_in(1), default=1, help="train in N processes (torchrun on this machine)")
+    p.add_argument("--nproc", type=integer_in(1), help="train in N processes (torchrun on this machine; default: 1, "
+                   "or as many as the run of --resume or --config)")
     p.add_argument("--checkpoint-every", type=integer_in(0), default=0, metavar="K",
                    help="also save the training state every K steps (it is always saved at epoch ends)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log the metrics for TensorBoard in RUN/tensorboard (needs the tensorboard extra)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state "
-                   "(its own config; other options are ignored)")
+    saved = p.add_mutually_exclusive_group()
+    saved.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state, "
+                       "with its own config")
+    saved.add_argument("--config", metavar="RUN", help="train anew with the whole config of RUN (a run folder or "
+                       "a config.json: model, data, recipe, runtime), into --out")
     p.set_defaults(func=_train)
 
     p = commands.add_parser("evaluate", help="top-1, top-5, per-class accuracy and a confusion matrix")

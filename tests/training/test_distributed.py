@@ -1,6 +1,8 @@
 """Two CPU processes with gloo train on the shards of each global batch: both end with the same weights, and
 those of one process training on the whole global batches."""
 
+import csv
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +78,12 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch):
                  "--batch-size", "4", "--val-size", "4", "--out", str(tmp_path / "run")])
     assert code == 0
     assert (tmp_path / "run" / "test.json").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
+    # the run's config trains it again in as many processes, epoch for epoch
+    assert main(["train", "--config", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["processes"] == 2
+    metrics = [[row[:-1] for row in csv.reader((tmp_path / run / "metrics.csv").open())] for run in ("run", "again")]
+    assert len(metrics[0]) == 2 and metrics[0] == metrics[1]  # every column but the seconds
 
 
 def test_data_parallel_cuda_training_needs_a_gpu_per_process():

@@ -338,3 +338,35 @@ def test_a_run_that_failed_before_its_first_epoch_ended_can_be_started_again(tmp
     assert sorted(path.name for path in out.iterdir()) == ["config.json"]
     _, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
     assert result is not None and (out / "best.safetensors").exists()
+
+
+def test_a_runs_config_trains_the_same_run_again_and_an_edited_copy_a_changed_one(tmp_path, capsys):
+    # a run's config.json holds all of it, yet training it again took retyping every option it records
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    first = tmp_path / "first"
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(first), "--epochs", "2",
+                 "--batch-size", "8", "--val-size", "4", "--lr", "3e-3", "--model-arg", "positional_embedding=sine",
+                 "--recipe-arg", "crop_padding=2"]) == 0
+    assert main(["train", "--config", str(first), "--out", str(tmp_path / "again")]) == 0
+
+    def metrics(run):  # every column but the seconds
+        return [row[:-1] for row in csv.reader((run / "metrics.csv").open())]
+
+    saved = json.loads((first / "config.json").read_text())
+    assert json.loads((tmp_path / "again" / "config.json").read_text()) == {**saved, "out": str(tmp_path / "again")}
+    assert len(metrics(first)) == 3 and metrics(tmp_path / "again") == metrics(first)
+    weights = [load_checkpoint(run / "last.safetensors")[0].state_dict() for run in (first, tmp_path / "again")]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps({**saved, "recipe": {**saved["recipe"], "epochs": 1}}))
+    assert main(["train", "--config", str(edited), "--out", str(tmp_path / "shorter")]) == 0
+    assert metrics(tmp_path / "shorter") == metrics(first)[:2]  # a constant lr: its one epoch is the first's
+
+    capsys.readouterr()
+    assert main(["train", "--config", str(first), "--epochs", "3", "--seed", "1"]) == 1
+    assert capsys.readouterr().err.strip() == f"cct: error: --config takes the whole config of {first}; --epochs, " \
+                                              "--seed cannot go with it (edit a copy of its config.json to change it)"
+    assert main(["train", "--resume", str(first), "--epochs", "3"]) == 1  # it ran the saved epochs, silently
+    assert capsys.readouterr().err.strip() == f"cct: error: --resume takes the whole config of {first}; --epochs " \
+                                              "cannot go with it"

@@ -51,6 +51,7 @@ class RunConfig:
     checkpoint_every: int = 0
     tensorboard: bool = False
     init_from: str | None = None  # the weights it starts from (what `cct.from_pretrained` takes); None: fresh ones
+    processes: int = 1  # how many trained it (torchrun's world size)
     model_args: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
 
@@ -58,9 +59,10 @@ class RunConfig:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_run(cls, folder: str | Path) -> "RunConfig":
-        """The config saved in a run folder, to resume that run."""
-        path = Path(folder) / "config.json"
+    def from_run(cls, source: str | Path) -> "RunConfig":
+        """The config saved in a run folder (or a config.json file as it saves them), to resume that run or train
+        anew with it."""
+        path = Path(source) if Path(source).suffix == ".json" else Path(source) / "config.json"
         try:
             data = json.loads(path.read_text())
             return cls(**{**data, "recipe": Recipe.from_dict(data["recipe"]), "runtime": Runtime(**data["runtime"])})
@@ -132,6 +134,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         run.dataset = str(Path(run.dataset).resolve())
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
+    run.processes = ranks.world
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
         runtime.device = f"cuda:{ranks.local_rank}"
         torch.cuda.set_device(runtime.torch_device)
