@@ -46,3 +46,29 @@ def test_explain_writes_a_png(tmp_path, capsys):
     assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert Image.open(out).size[0] >= 800
+
+
+def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys):
+    # `cct explain a.jpg b.jpg` was a usage error: it took one image
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32"))
+    photos = tmp_path / "photos"
+    for name in ("a.jpg", "deeper/b.png"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(photos / name, (40, 30))
+    (photos / "broken.png").write_bytes(b"not a png")
+    single = write_image(tmp_path / "c.webp", (50, 50))
+    out = tmp_path / "explained"
+    assert main(["explain", "-c", str(checkpoint), str(photos), str(single), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a.explain.png", "b.explain.png", "c.explain.png"]
+    assert all(Image.open(p).size[0] >= 800 for p in out.iterdir())
+    assert captured.out.splitlines() == [f"{photos / 'a.jpg'} -> {out / 'a.explain.png'}",
+                                         f"{photos / 'deeper/b.png'} -> {out / 'b.explain.png'}",
+                                         f"{single} -> {out / 'c.explain.png'}"]
+    assert captured.err.strip() == f"cct: error: {photos / 'broken.png'}: not a readable image (UnidentifiedImageError)"
+
+    write_image(photos / "deeper" / "a.png", (40, 30))
+    assert main(["explain", "-c", str(checkpoint), str(photos), "--out", str(tmp_path / "again")]) == 1
+    assert capsys.readouterr().err.strip() == f"cct: error: {photos / 'a.jpg'} and {photos / 'deeper/a.png'} would " \
+                                              f"both be explained in {tmp_path / 'again/a.explain.png'}; explain them apart"
+    assert not (tmp_path / "again").exists()

@@ -161,16 +161,11 @@ def _run_data_dir(checkpoint: Path) -> str | None:
 
 def _predict(args: argparse.Namespace) -> int:
     """Predicts every readable image; each unreadable one gets its own error line and a non-zero exit."""
-    from .data import load_image
     from .inference import Classifier
 
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
-    readable, failures = {}, []
-    for path in _image_files(args.images, failures):
-        try:
-            readable[path] = load_image(path, classifier.model.config.img_size, classifier.model.config.in_chans)
-        except CCTError as e:
-            failures.append(str(e))
+    failures = []
+    readable = _read_images(_image_files(args.images, failures), classifier, failures)
     predictions = dict(zip(readable, classifier.predict(list(readable.values()), args.top_k))) if readable else {}
     if args.json:
         print(json.dumps([{"image": path, "labels": p.labels, "probabilities": p.probabilities}
@@ -180,6 +175,24 @@ def _predict(args: argparse.Namespace) -> int:
             print(path)
             for label, probability in zip(prediction.labels, prediction.probabilities):
                 print(f"  {probability:7.2%}  {label}")
+    return _report(failures)
+
+
+def _read_images(paths: list[str], classifier, failures: list[str]) -> dict:
+    """{path: (C, S, S) uint8 as the classifier's model reads it} of the readable files; a failure for each other."""
+    from .data import load_image
+
+    readable = {}
+    for path in paths:
+        try:
+            readable[path] = load_image(path, classifier.model.config.img_size, classifier.model.config.in_chans)
+        except CCTError as e:
+            failures.append(str(e))
+    return readable
+
+
+def _report(failures: list[str]) -> int:
+    """One error line each; the exit status."""
     for failure in failures:
         print(f"cct: error: {failure}", file=sys.stderr)
     return 1 if failures else 0
@@ -202,13 +215,28 @@ def _image_files(arguments: list[str], failures: list[str]) -> list[str]:
     return files
 
 
-def _explain(args: argparse.Namespace) -> None:
+def _explain(args: argparse.Namespace) -> int:
+    """Explains every readable image, as `_predict` predicts; --out is the PNG of one image, or a folder."""
     from .explain import explain
     from .inference import Classifier
 
+    failures = []
+    images = _image_files(args.images, failures)
+    one_file = args.out and len(args.images) == 1 and not Path(args.images[0]).is_dir() and not Path(args.out).is_dir()
+    outs = {image: Path(args.out) if one_file else Path(args.out or "") / Path(image).with_suffix(".explain.png").name
+            for image in images}
+    explained = {}
+    for image, out in outs.items():
+        if explained.setdefault(out, image) != image:
+            raise CCTError(f"{explained[out]} and {image} would both be explained in {out}; explain them apart")
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
-    out = explain(classifier, args.image, args.out or Path(args.image).with_suffix(".explain.png").name)
-    print(f"{args.image} -> {out}")
+    for image, seen in _read_images(images, classifier, failures).items():
+        try:
+            outs[image].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CCTError(f"{outs[image].parent}: cannot create the folder ({e.strerror or e})") from e
+        print(f"{image} -> {explain(classifier, seen, outs[image])}")
+    return _report(failures)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -353,10 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
 
-    p = commands.add_parser("explain", help="draw the sequence-pooling weights of each token over an image")
-    p.add_argument("image")
+    p = commands.add_parser("explain", help="draw the sequence-pooling weights of each token over images")
+    p.add_argument("images", nargs="+", help="image files, or folders of them (searched below too)")
     _add_model_source(p)
-    p.add_argument("--out", help="PNG to write (default: <image name>.explain.png here)")
+    p.add_argument("--out", help="the PNG to write for one image file, else the folder to write "
+                   "<image name>.explain.png in (default: here)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_explain)
 
