@@ -69,6 +69,7 @@ def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys
 
     write_image(photos / "deeper" / "a.png", (40, 30))
     assert main(["explain", "-c", str(checkpoint), str(photos), "--out", str(tmp_path / "again")]) == 1
-    assert capsys.readouterr().err.strip() == f"cct: error: {photos / 'a.jpg'} and {photos / 'deeper/a.png'} would " \
-                                              f"both be explained in {tmp_path / 'again/a.explain.png'}; explain them apart"
+    assert capsys.readouterr().err.strip() == \
+        f"cct: error: {photos / 'a.jpg'} and {photos / 'deeper/a.png'} would both be explained in " \
+        f"{tmp_path / 'again/a.explain.png'}; explain them apart"
     assert not (tmp_path / "again").exists()

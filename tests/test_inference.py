@@ -21,8 +21,8 @@ def test_every_kind_of_input_gives_the_same_prediction(tmp_path, classifier):
     assert len(expected.labels) == 3 and expected.labels[0] in "abcdefghij"
     assert expected.probabilities == sorted(expected.probabilities, reverse=True)
     chw = torch.from_numpy(pixels).permute(2, 0, 1)
-    for item in (tmp_path / "x.png", (tmp_path / "x.png").read_bytes(), Image.fromarray(pixels), pixels, pixels / np.float32(255), chw, chw.float() / 255,
-                 (chw.float() / 255).bfloat16()):
+    for item in (tmp_path / "x.png", (tmp_path / "x.png").read_bytes(), Image.fromarray(pixels), pixels,
+                 pixels / np.float32(255), chw, chw.float() / 255, (chw.float() / 255).bfloat16()):
         got = classifier.predict(item, top_k=3)
         assert got.labels == expected.labels
         assert got.probabilities == pytest.approx(expected.probabilities, abs=1e-6)

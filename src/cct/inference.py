@@ -35,9 +35,9 @@ class Classifier:
         clf.predict("cat.jpg")                      # -> Prediction
         clf.predict(["a.png", pil_image, array])     # -> [Prediction, ...]
 
-    Inputs: file paths, a file's bytes (an upload, a download), PIL images, arrays (H, W, C) or (N, H, W, C), tensors (C, H, W) or (N, C, H, W), arrays
-    and tensors uint8 or float in [0, 1] (as matplotlib's imread gives PNGs). Every one goes through
-    `image_to_tensor`, as training folders and files do.
+    Inputs: file paths, a file's bytes (an upload, a download), PIL images, arrays (H, W, C) or (N, H, W, C),
+    tensors (C, H, W) or (N, C, H, W), arrays and tensors uint8 or float in [0, 1] (as matplotlib's imread gives
+    PNGs). Every one goes through `image_to_tensor`, as training folders and files do.
     """
 
     def __init__(self, model: CCT, runtime: Runtime | None = None):
