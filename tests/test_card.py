@@ -1,6 +1,7 @@
 """`cct card RUN`: a Hugging Face style folder that loads back, with the seed card's sections and real results."""
 
 import json
+import shlex
 from dataclasses import replace
 
 import pytest
@@ -83,3 +84,17 @@ def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     assert "metrics.csv: no such file" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in card.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypatch):
+    # the card said `cct train --model M --recipe R` of a run whose recipe fields and dataset the command changed
+    assert main(["card", str(run), "--out", str(tmp_path / "card")]) == 0
+    readme = (tmp_path / "card" / "README.md").read_text()
+    command = "cct train --model cct_2_3x2_32 --dataset colors --recipe small-cpu --epochs 2 --batch-size 8 " \
+              "--val-size 8 --recipe-arg warmup_epochs=1 --recipe-arg 'progressive_resize=[[16, 1]]'"
+    assert f"`{command}`" in readme
+    monkeypatch.chdir(run.parent)  # where the folder named colors is
+    assert main([*shlex.split(command)[1:], "--out", str(tmp_path / "again")]) == 0
+    again, original = RunConfig.from_run(tmp_path / "again"), RunConfig.from_run(run)
+    assert (again.recipe, again.model_config, again.dataset) == (original.recipe, original.model_config,
+                                                                 original.dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from .errors import CCTError
 from .evaluation import Metrics, evaluate_saved
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
-from .training import RunConfig, load_checkpoint
+from .training import RECIPES, RunConfig, load_checkpoint
 
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
 
@@ -94,8 +95,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     colour = "grayscale" if c.in_chans == 1 else "RGB"
     started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""
     scope = f" from the weights of {config.init_from}" if config.init_from else " only"
-    command = f"cct train --model {config.model} --recipe {r.name}" + (
-        f" --init-from {config.init_from}" if config.init_from else "")
+    command = train_command(config)
     return f"""---
 library_name: compact-transformers
 tags:
@@ -141,7 +141,7 @@ results below.
 ## Training procedure
 
 Trained in {took} on {config.runtime.device} ({config.runtime.threads} threads,
-{config.runtime.precision}), with `{command}`.
+{config.runtime.precision}), with {f"`{command}`" if command else "the recipe in `config.json`"}.
 
 ### Training hyperparameters
 
@@ -183,6 +183,32 @@ classifier = cct.Classifier(model)
 print(classifier.predict("photo.jpg"))
 ```
 """
+
+
+RECIPE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
+                "limit_train": "--limit-train", "limit_test": "--limit-test", "val_size": "--val-size"}
+
+
+def train_command(config: RunConfig) -> str | None:
+    """The `cct train` command line that trains the run as configured (its runtime aside; a folder dataset by its
+    name): the fields of its recipe that differ from the named recipe's as options. None for a recipe of a name
+    `cct train` does not know (made in Python)."""
+    named = RECIPES.get(config.recipe.name)
+    if named is None:
+        return None
+    words = ["cct", "train", "--model", config.model]
+    if config.init_from:
+        words += ["--init-from", config.init_from]
+    if config.dataset != "cifar10":
+        words += ["--dataset", Path(config.dataset).name]
+    words += ["--recipe", config.recipe.name]
+    for field, value in config.recipe.to_dict().items():
+        if value != named.to_dict()[field]:
+            words += [RECIPE_FLAGS[field], str(value)] if field in RECIPE_FLAGS else \
+                ["--recipe-arg", f"{field}={json.dumps(value)}"]
+    for field, value in config.model_args.items():
+        words += ["--model-arg", f"{field}={json.dumps(value)}"]
+    return shlex.join(words)
 
 
 def _data_use(r, summary: dict) -> str:
