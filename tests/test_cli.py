@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 
 import cct
 from cct.cli import main
-from cct.training import save_checkpoint
+from cct.training import load_checkpoint, save_checkpoint
 from tests.conftest import write_cifar10_archive
 from tests.helpers import write_image
 
@@ -145,3 +147,22 @@ def test_a_closed_pipe_ends_quietly():
     process.stdout.close()  # before the command writes its first line
     assert process.wait(timeout=120) == 1
     assert process.stderr.read() == b""
+
+
+def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
+    from cct.evaluation import evaluate_saved
+    from cct.data import load_dataset
+    from tests.helpers import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "colors", per_class=6)
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2,
+                                                                         class_names=("blue", "red")))
+    assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    model, header = load_checkpoint(path)
+    expected = evaluate_saved(model, header, load_dataset(str(data), "data", 32, 3, splits=("test",))[0])
+    assert printed["images"] == 12 and printed["top1"] == pytest.approx(expected.top1)
+    assert printed["per_class"] == pytest.approx(dict(zip(("blue", "red"), expected.per_class)))
+    assert printed["confusion"] == expected.confusion.tolist() and sum(map(sum, printed["confusion"])) == 12
+    assert printed["confusion_png"] == str(tmp_path / "m-confusion.png") and (tmp_path / "m-confusion.png").is_file()

@@ -137,15 +137,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
     result = evaluate_saved(model, header, test)
-    flip = " (test-time flip)" if header["info"].get("tta_flip") else ""
-    print(f"{model.config.name} on {dataset} test ({len(test):,} images){flip}: top-1 {result.top1:.2%} "
-          f"top-5 {result.top5:.2%} loss {result.loss:.4f}")
-    for name, acc in zip(test.classes, result.per_class):
-        print(f"  {name:<15} {acc:.2%}")
     out = Path(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
                             else f"{model.config.name}-{dataset}-confusion.png"))
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
+    flip = bool(header["info"].get("tta_flip"))
+    if args.json:
+        print(json.dumps({"model": model.config.name, "dataset": dataset, "images": len(test), "tta_flip": flip,
+                          "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                          "per_class": dict(zip(test.classes, result.per_class)),
+                          "confusion": result.confusion.tolist(), "confusion_png": str(out)}, indent=2))
+        return
+    print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
+          f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
+    for name, acc in zip(test.classes, result.per_class):
+        print(f"  {name:<15} {acc:.2%}")
     print(f"confusion matrix: {out}")
 
 
@@ -371,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where CIFAR lives (default: the run's, else ./data)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="confusion-matrix PNG (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of a table")
     p.set_defaults(func=_evaluate)
 
     p = commands.add_parser("predict", help="top-k classes of image files")
