@@ -86,7 +86,7 @@ def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypatch):
+def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypatch, capsys):
     # the card said `cct train --model M --recipe R` of a run whose recipe fields and dataset the command changed
     assert main(["card", str(run), "--out", str(tmp_path / "card")]) == 0
     readme = (tmp_path / "card" / "README.md").read_text()
@@ -98,3 +98,7 @@ def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypat
     again, original = RunConfig.from_run(tmp_path / "again"), RunConfig.from_run(run)
     assert (again.recipe, again.model_config, again.dataset) == (original.recipe, original.model_config,
                                                                  original.dataset)
+    assert main(["train", "--config", str(tmp_path / "card")]) == 1  # it said "unexpected keyword 'library_name'"
+    assert capsys.readouterr().err.strip() == f"cct: error: {tmp_path / 'card' / 'config.json'}: a model card's " \
+                                              "config, not a run's (the card's README.md gives the `cct train` " \
+                                              "command that trains it)"

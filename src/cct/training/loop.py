@@ -65,6 +65,9 @@ class RunConfig:
         path = Path(source) if Path(source).suffix == ".json" else Path(source) / "config.json"
         try:
             data = json.loads(path.read_text())
+            if isinstance(data, dict) and "library_name" in data:  # what `cct card` writes
+                raise CCTError(f"{path}: a model card's config, not a run's (the card's README.md gives the "
+                               "`cct train` command that trains it)")
             return cls(**{**data, "recipe": Recipe.from_dict(data["recipe"]), "runtime": Runtime(**data["runtime"])})
         except FileNotFoundError:
             raise CCTError(f"{path}: no such file (not a run folder)") from None
