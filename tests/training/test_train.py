@@ -253,7 +253,9 @@ def test_fine_tuning_takes_a_runs_weights_but_the_head_and_resumes_without_them(
         assert torch.allclose(value, before[name], rtol=0, atol=1e-20) != name.startswith("head."), name
     assert main(["card", str(out)]) == 0
     card = (out / "card" / "README.md").read_text()
-    assert f"starting from the weights of `{source}`" in card and f"--init-from {source}`" in card
+    assert f"starting from the weights of `{source}`" in card
+    assert f"`cct train --model cct_2_3x2_32 --init-from {source} --dataset tones --recipe keras-example --epochs 2 " \
+           "--batch-size 8 --lr 1e-30 --val-size 0 --model-arg img_size=48`" in card
     assert re.search(r"Trained in \d seconds on cpu", card)  # "0 minutes" before
     assert json.loads((out / "card" / "config.json").read_text())["init_from"] == str(source)
 
