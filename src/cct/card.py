@@ -193,9 +193,9 @@ def train_command(config: RunConfig) -> str | None:
     """The `cct train` command line that trains the run as configured (its runtime aside; a folder dataset by its
     name): the fields of its recipe that differ from the named recipe's as options. None for a recipe of a name
     `cct train` does not know (made in Python)."""
-    named = RECIPES.get(config.recipe.name)
-    if named is None:
+    if config.recipe.name not in RECIPES:
         return None
+    named = RECIPES[config.recipe.name].to_dict()
     words = ["cct", "train", "--model", config.model]
     if config.init_from:
         words += ["--init-from", config.init_from]
@@ -203,11 +203,13 @@ def train_command(config: RunConfig) -> str | None:
         words += ["--dataset", Path(config.dataset).name]
     words += ["--recipe", config.recipe.name]
     for field, value in config.recipe.to_dict().items():
-        if value != named.to_dict()[field]:
+        if value != named[field]:
             words += [RECIPE_FLAGS[field], str(value)] if field in RECIPE_FLAGS else \
                 ["--recipe-arg", f"{field}={json.dumps(value)}"]
     for field, value in config.model_args.items():
         words += ["--model-arg", f"{field}={json.dumps(value)}"]
+    if config.processes > 1:
+        words += ["--nproc", str(config.processes)]
     return shlex.join(words)
 
 

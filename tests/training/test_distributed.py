@@ -84,6 +84,9 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "again" / "config.json").read_text())["processes"] == 2
     metrics = [[row[:-1] for row in csv.reader((tmp_path / run / "metrics.csv").open())] for run in ("run", "again")]
     assert len(metrics[0]) == 2 and metrics[0] == metrics[1]  # every column but the seconds
+    assert main(["card", str(tmp_path / "run")]) == 0
+    assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in \
+        (tmp_path / "run" / "card" / "README.md").read_text()
 
 
 def test_data_parallel_cuda_training_needs_a_gpu_per_process():
