@@ -98,6 +98,12 @@ def test_bad_model_args_fail_before_touching_data(tmp_path, monkeypatch, capsys)
 
 def test_unknown_dataset(tmp_path, capsys):
     _fails_with(["train", "--dataset", str(tmp_path / "nope")], capsys, "unknown dataset")
+    (tmp_path / "photos" / "cats").mkdir(parents=True)  # class folders, but no train/ and test/
+    _fails_with(["train", "--dataset", str(tmp_path / "photos")], capsys, f"{tmp_path / 'photos'}: a folder of class "
+                "folders, without train/ and test/: hold a share of each class's images out as test/<class>/")
+    (tmp_path / "photos" / "train").mkdir()
+    _fails_with(["train", "--dataset", str(tmp_path / "photos")], capsys, f"{tmp_path / 'photos'}: no test/ folder "
+                f"beside its train/ (expected {tmp_path / 'photos'}/test/<class>/<image>)")
 
 
 def test_corrupt_dataset_archive(tmp_path, capsys):

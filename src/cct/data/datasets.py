@@ -194,7 +194,15 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
             raise CCTError(f"{name}: its images are RGB, so the model's in_chans must be 3, not {channels}")
         return load_cifar(name, data_dir, download_missing, splits=splits)
     root = Path(name)
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
+    missing = [split for split in ("train", "test") if not (root / split).is_dir()]
+    if len(missing) == 1:
+        present = "test" if missing == ["train"] else "train"
+        raise CCTError(f"{name}: no {missing[0]}/ folder beside its {present}/ (expected {name}/{missing[0]}/<class>/"
+                       "<image>)")
+    if missing:
+        if root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+            raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
+                           "class's images out as test/<class>/, and move the rest to train/<class>/")
         raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "
                        "test/ subfolders of class folders")
     train, test = class_folders(root / "train"), class_folders(root / "test")
