@@ -18,6 +18,7 @@ from .evaluation import Metrics, evaluate_saved
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import RECIPES, RunConfig, load_checkpoint
+from .training.loop import in_words
 
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
 
@@ -89,8 +90,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     if r.tta_flip:
         notes.append("at test time the logits of the image and of its mirror image are averaged")
     per_class = "\n".join(f"| {name} | {acc:.2%} |" for name, acc in summary["per_class"].items())
-    seconds = summary["train_seconds"]
-    took = f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
+    took = in_words(summary["train_seconds"])
     keras = c.style == "keras"
     colour = "grayscale" if c.in_chans == 1 else "RGB"
     started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""

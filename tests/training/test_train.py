@@ -14,6 +14,7 @@ import cct
 from cct.cli import main
 from cct.inference import Classifier
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
+from cct.training.loop import in_words, seconds_left
 from tests.conftest import write_cifar10_archive
 from tests.helpers import write_color_dataset
 
@@ -120,6 +121,18 @@ def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(tmp_path
     assert [sum(images for _, images in epoch) for epoch in seen] == [16, 16, 16, 0]
     assert result.top1 >= 0.9
     assert json.loads((out / "config.json").read_text())["recipe"]["progressive_resize"] == [[16, 1], [24, 1]]
+
+
+def test_each_epoch_says_how_long_the_rest_should_take_counting_the_pixels_of_its_images(tmp_path, capsys):
+    recipe = _tiny_recipe(epochs=4, progressive_resize=((16, 1), (24, 1)))
+    # after 10 s at 16 px: one epoch at 24 px (2.25x the pixels) and two at 32 px (4x each)
+    assert seconds_left(recipe, 1, 10.0, 32) == pytest.approx(10.0 * (2.25 + 4 + 4))
+    assert seconds_left(recipe, 3, 60.0, 32) == 60.0 and seconds_left(recipe, 4, 60.0, 32) == 0.0
+    assert (in_words(89.6), in_words(90), in_words(3600)) == ("90 seconds", "2 minutes", "60 minutes")
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe, out=str(tmp_path / "run")))
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [bool(re.search(r"s \| ~\d+ seconds left$", line)) for line in epochs] == [True, True, True, False]
 
 
 def test_a_validation_set_must_leave_training_images(tmp_path):

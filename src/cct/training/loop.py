@@ -102,6 +102,17 @@ def epoch_image_size(recipe: Recipe, epoch: int, full: int) -> int:
     return full
 
 
+def seconds_left(recipe: Recipe, epoch: int, seconds: float, full: int) -> float:
+    """How long the epochs after `epoch` should take at the pace of `epoch` (which took `seconds`), an epoch's
+    time taken as proportional to the pixels of its images (`epoch_image_size`)."""
+    pixels = [epoch_image_size(recipe, e, full) ** 2 for e in range(epoch, recipe.epochs + 1)]
+    return seconds * sum(pixels[1:]) / pixels[0]
+
+
+def in_words(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
+
+
 def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
           resume: bool = False) -> tuple[Path, Metrics | None]:
     """Train as `run` says; returns the run folder and the test metrics of the best epoch (None on the ranks
@@ -273,8 +284,9 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             validated = f" | val loss {val.loss:.4f} acc {val.top1:.2%} top-5 {val.top5:.2%}"
         row["seconds"] = time.perf_counter() - started
         rows.append(row)
+        left = seconds_left(recipe, epoch, row["seconds"], img_size)
         print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
-              f"{validated} | {row['seconds']:.1f}s", flush=True)
+              f"{validated} | {row['seconds']:.1f}s" + (f" | ~{in_words(left)} left" if left else ""), flush=True)
         _write_metrics(out / "metrics.csv", rows)
         if board:
             for name, value in row.items():
