@@ -17,7 +17,7 @@ from .errors import CCTError
 from .evaluation import Metrics, evaluate_saved
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
-from .training import RECIPES, RunConfig, load_checkpoint
+from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
 from .training.loop import in_words
 
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
@@ -185,10 +185,6 @@ print(classifier.predict("photo.jpg"))
 """
 
 
-RECIPE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed",
-                "limit_train": "--limit-train", "limit_test": "--limit-test", "val_size": "--val-size"}
-
-
 def train_command(config: RunConfig) -> str | None:
     """The `cct train` command line that trains the run as configured (its runtime aside; a folder dataset by its
     name): the fields of its recipe that differ from the named recipe's as options. None for a recipe of a name
@@ -204,7 +200,7 @@ def train_command(config: RunConfig) -> str | None:
     words += ["--recipe", config.recipe.name]
     for field, value in config.recipe.to_dict().items():
         if value != named[field]:
-            words += [RECIPE_FLAGS[field], str(value)] if field in RECIPE_FLAGS else \
+            words += [f"--{field.replace('_', '-')}", str(value)] if field in OPTION_FIELDS else \
                 ["--recipe-arg", f"{field}={json.dumps(value)}"]
     for field, value in config.model_args.items():
         words += ["--model-arg", f"{field}={json.dumps(value)}"]

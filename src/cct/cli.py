@@ -32,7 +32,7 @@ def _models(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime, resolve_device
-    from .training import RunConfig, get_recipe
+    from .training import OPTION_FIELDS, RunConfig, get_recipe
     from .training.distributed import require_gpus
 
     source = args.resume or args.config  # a run whose whole config is taken
@@ -54,8 +54,7 @@ def _train(args: argparse.Namespace) -> None:
         return _train_run(saved, resume=True)
     if args.config:
         return _train_run(replace(saved, out=args.out, model_config={}))
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                 "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
+    overrides = {field: getattr(args, field) for field in OPTION_FIELDS}
     recipe = get_recipe(args.recipe).with_overrides(
         {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.recipe_arg)})
     runtime = Runtime(device=args.device, precision=args.precision, channels_last=args.channels_last,

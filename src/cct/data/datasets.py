@@ -137,11 +137,16 @@ def load_cifar(name: str, data_dir: str | Path, download_missing: bool = True, s
     return tuple(_read_split(folder, files[split], spec, classes) for split in splits)
 
 
+def _subfolders(root: Path) -> list[str]:
+    """The sorted names of the folders in `root`, hidden ones left out."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def class_folders(root: Path) -> list[str]:
     """The sorted names of the class folders in `root`, hidden ones left out."""
     if not root.is_dir():
         raise CCTError(f"{root}: not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _subfolders(root)
     if not classes:
         raise CCTError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     return classes
@@ -200,7 +205,7 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
         raise CCTError(f"{name}: no {missing[0]}/ folder beside its {present}/ (expected {name}/{missing[0]}/<class>/"
                        "<image>)")
     if missing:
-        if root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        if root.is_dir() and _subfolders(root):
             raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
                            "class's images out as test/<class>/, and move the rest to train/<class>/")
         raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "

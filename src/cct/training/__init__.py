@@ -1,7 +1,7 @@
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import RunConfig, train
-from .recipes import RECIPES, Recipe, get_recipe
+from .recipes import OPTION_FIELDS, RECIPES, Recipe, get_recipe
 from .step import GradientStep
 
-__all__ = ["GradientStep", "RECIPES", "Recipe", "RunConfig", "get_recipe", "load_checkpoint", "save_checkpoint",
+__all__ = ["GradientStep", "OPTION_FIELDS", "RECIPES", "Recipe", "RunConfig", "get_recipe", "load_checkpoint", "save_checkpoint",
            "train"]

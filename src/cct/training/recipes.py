@@ -153,6 +153,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# the recipe fields `cct train` takes as options of their own (--epochs, --batch-size...); the rest go by --recipe-arg
+OPTION_FIELDS = ("epochs", "batch_size", "lr", "seed", "limit_train", "limit_test", "val_size")
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise CCTError(f"unknown recipe '{name}' (choose from {', '.join(RECIPES)})")
