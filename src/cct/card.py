@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__
 from .data import load_dataset
 from .errors import CCTError
-from .evaluation import Metrics, evaluate_saved
+from .evaluation import Metrics, class_accuracy, evaluate_saved
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
@@ -89,7 +89,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
         notes.append(f"the saved weights are an exponential moving average of the trained ones (decay {r.ema_decay})")
     if r.tta_flip:
         notes.append("at test time the logits of the image and of its mirror image are averaged")
-    per_class = "\n".join(f"| {name} | {acc:.2%} |" for name, acc in summary["per_class"].items())
+    per_class = "\n".join(f"| {name} | {class_accuracy(acc)} |" for name, acc in summary["per_class"].items())
     took = in_words(summary["train_seconds"])
     keras = c.style == "keras"
     colour = "grayscale" if c.in_chans == 1 else "RGB"

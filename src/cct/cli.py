@@ -121,7 +121,7 @@ def _model_path(args: argparse.Namespace) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_saved
+    from .evaluation import class_accuracy, evaluate_saved
     from .data import load_dataset
     from .plots import plot_confusion_matrix
     from .training import load_checkpoint
@@ -150,7 +150,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
           f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
     for name, acc in zip(test.classes, result.per_class):
-        print(f"  {name:<15} {acc:.2%}")
+        print(f"  {name:<15} {class_accuracy(acc)}")
     print(f"confusion matrix: {out}")
 
 

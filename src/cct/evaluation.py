@@ -46,14 +46,19 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
 
 @dataclass
 class Metrics:
-    """Loss, top-1/top-5 accuracy (fractions), per-class accuracy and the confusion matrix
-    (rows: true class, columns: predicted)."""
+    """Loss, top-1/top-5 accuracy (fractions), per-class accuracy (None for a class without images) and the
+    confusion matrix (rows: true class, columns: predicted)."""
 
     loss: float
     top1: float
     top5: float
-    per_class: list[float]
+    per_class: list[float | None]
     confusion: torch.Tensor
+
+
+def class_accuracy(accuracy: float | None) -> str:
+    """A `Metrics.per_class` entry as printed."""
+    return "no images" if accuracy is None else f"{accuracy:.2%}"
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Metrics:
@@ -63,7 +68,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     top5 = (top == labels[:, None]).any(dim=1).float().mean().item()
     confusion = torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2)
     confusion = confusion.view(num_classes, num_classes)
-    per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
+    per_class = [hits / n if n else None for hits, n in zip(confusion.diag().tolist(), confusion.sum(1).tolist())]
     return Metrics(loss, top1, top5, per_class, confusion)
 
 

@@ -142,6 +142,18 @@ def test_folder_dataset_names_an_unreadable_image(tmp_path):
         load_image_folder(tmp_path, 32)
 
 
+def test_folder_dataset_names_its_class_folders_without_images_before_decoding_any(tmp_path):
+    # an empty class folder trained a head for a class never seen and tested it as 0.00% accurate
+    for cls in ("cats", "dogs", "owls", "yaks"):
+        (tmp_path / cls).mkdir()
+    write_image(tmp_path / "dogs" / "0.png", (32, 32))
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"text")
+    (tmp_path / "owls" / "notes.txt").write_text("not an image")
+    with pytest.raises(CCTError, match=r"^\S+: no images \(.*\.png.*\) in the class folder\(s\) cats, owls, yaks: "
+                       "each class needs some$"):
+        load_image_folder(tmp_path, 32)
+
+
 def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
     for split, classes in (("train", ["cats", "dogs", "owls"]), ("test", ["cats", "dogs", "horses"])):
         for cls in classes:

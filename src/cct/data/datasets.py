@@ -156,10 +156,16 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     """A folder with one subfolder of images per class (sorted names are the classes; images in folders below a
     class folder count for it, as in torchvision's ImageFolder; hidden ones do not, see `image_files`), resized
     to img_size x img_size and read with `channels` (3: RGB, 1: grayscale) the way `cct predict` converts images.
-    Unreadable files are an error naming them."""
+    A class folder without images and unreadable files are errors naming them."""
     root = Path(root)
     classes = class_folders(root)
     files = [(path, label) for label, cls in enumerate(classes) for path in image_files(root / cls)]
+    labelled = {label for _, label in files}
+    empty = [cls for label, cls in enumerate(classes) if label not in labelled]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folder(s) {shown}: "
+                       "each class needs some")
 
     def load(path: Path) -> torch.Tensor | str:
         try:
@@ -181,8 +187,6 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     if failures:
         shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
         raise CCTError(f"{root}: {len(failures)} unreadable image(s), fix or remove them: {shown}")
-    if not images:
-        raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in its class folders")
     return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
 
 
