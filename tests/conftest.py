@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import tarfile
 import threading
@@ -48,6 +49,14 @@ def write_cifar10_archive(path: Path, per_batch: int = 20, seed: int = 0) -> tup
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def umask():
+    """Set the process's umask (`umask(0o027)`) for the test, the usual 0o022 until then; restored after it."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
 
 
 @pytest.fixture

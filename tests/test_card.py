@@ -29,9 +29,11 @@ def run(tmp_path_factory):
     return out
 
 
-def test_card_folder_has_the_seed_cards_sections_and_loads_back(run, tmp_path, capsys):
+def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_path, capsys):
     card = tmp_path / "card"
     assert main(["card", str(run), "--out", str(card)]) == 0
+    # readable by others, as the umask has it (the folder and the figures were private: 0700 and 0600)
+    assert {oct(p.stat().st_mode & 0o777) for p in (card, *card.iterdir())} == {"0o755", "0o644"}
     assert sorted(p.name for p in card.iterdir()) == ["README.md", "architecture.png", "config.json",
                                                       "confusion-matrix.png", "model.safetensors",
                                                       "training-curves.png"]

@@ -7,7 +7,6 @@ import csv
 import json
 import shlex
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from . import __version__
 from .data import load_dataset
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
+from .files import temporary_path
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
@@ -40,7 +40,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     result = evaluate_saved(model, header, test)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = temporary_path(out, "", folder=True)
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
         trained = len(train_all) - config.recipe.val_size

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import CCTError
+
+
+def temporary_path(final: Path, suffix: str = ".tmp", folder: bool = False) -> Path:
+    """Create a hidden file (or folder) beside `final` to be renamed to it once complete, with the permissions
+    the umask gives any new file (tempfile's are private, 0600 or 0700, and a rename keeps them)."""
+    path = final.parent / f".{final.name}.{secrets.token_hex(8)}{suffix}"
+    if folder:
+        os.mkdir(path, 0o777)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return path
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -15,8 +26,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        tmp = temporary_path(path)
+        with open(tmp, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())

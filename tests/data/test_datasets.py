@@ -28,7 +28,7 @@ def test_real_cifar10_from_the_extracted_folder(cifar10_dir):
     assert torch.allclose(mean, torch.tensor([0.4913, 0.4821, 0.4465]), atol=2e-4)
 
 
-def test_download_from_the_official_layout_over_http(tmp_path, http_server):
+def test_download_from_the_official_layout_over_http(umask, tmp_path, http_server):
     www, url = http_server
     images, labels = write_cifar10_archive(www / "cifar-10-python.tar.gz")
     spec = replace(CIFAR["cifar10"], url=f"{url}/cifar-10-python.tar.gz", md5=md5_of(www / "cifar-10-python.tar.gz"))
@@ -39,6 +39,7 @@ def test_download_from_the_official_layout_over_http(tmp_path, http_server):
     assert len(test) == 20
     assert (data_dir / "cifar-10-python.tar.gz").is_file() and (data_dir / "cifar-10-batches-py").is_dir()
     assert sorted(p.name for p in data_dir.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    assert oct((data_dir / "cifar-10-python.tar.gz").stat().st_mode & 0o777) == "0o644"  # not private to the user
     # a second load uses the extracted folder and downloads nothing
     (www / "cifar-10-python.tar.gz").unlink()
     assert torch.equal(load_cifar("cifar10", data_dir, spec=spec)[0].images, train.images)

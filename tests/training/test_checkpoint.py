@@ -86,6 +86,15 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["best.json"]
 
 
+def test_written_files_get_the_permissions_the_umask_gives_new_files(umask, saved):
+    # they were private (0600, tempfile's), so another user, a container or a web server could not read them
+    _, path = saved
+    assert [oct(p.stat().st_mode & 0o777) for p in (path, path.with_suffix(".json"))] == ["0o644", "0o644"]
+    umask(0o027)
+    atomic_write(path, "replaced")
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+
+
 def test_a_path_that_cannot_be_written_is_a_clear_error_and_leaves_nothing(tmp_path):
     with pytest.raises(cct.CCTError, match=r"missing/best.json: cannot write \(No such file or directory\)$"):
         atomic_write(tmp_path / "missing" / "best.json", "data")

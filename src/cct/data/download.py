@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import CCTError
+from ..files import temporary_path
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -26,15 +27,15 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
     """Download `url` to `dest`, checking its md5. `dest` appears only once complete and verified."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = temporary_path(dest, ".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
-        got = md5sum(Path(tmp))
+        got = md5sum(tmp)
         if got != md5:
             raise CCTError(f"download of {url} is corrupt: md5 {got}, expected {md5}")
         os.replace(tmp, dest)
