@@ -35,9 +35,9 @@ def server():
     server.server_close()
 
 
-def request(url, data=None, method=None):
+def request(url, data=None, method=None, headers=None):
     """(status, parsed JSON or text) over real HTTP."""
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
             body, status, kind = response.read(), response.status, response.headers["Content-Type"]
@@ -98,6 +98,40 @@ def test_decompression_bomb_is_refused_before_decoding(server):
     assert len(buffer.getvalue()) < 100_000
     status, result = request(server.url + "/api/predict", buffer.getvalue())
     assert status == 413 and "25,000,000 pixels" in result["error"]
+
+
+def multipart(fields):
+    """A multipart/form-data body as a browser's form sends it: (name, filename or None, bytes) per field."""
+    boundary = "----cctTestBoundary7MA4YWxkTrZu0gW"
+    body = b""
+    for name, filename, value in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "Content-Type: image/png\r\n" if filename else ""
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_a_form_upload_predicts_its_file_as_the_raw_body_does(server):
+    # an HTML form's, `curl -F`'s and `requests.post(files=...)`'s uploads were read as one broken image
+    data = png_bytes(seed=3)
+    _, raw = request(server.url + "/api/predict", data)
+    body, headers = multipart([("note", None, b"hello"), ("file", "cat.png", data)])
+    status, result = request(server.url + "/api/predict", body, headers=headers)
+    assert status == 200 and result == raw
+    body, headers = multipart([("note", None, b"hello")])
+    status, result = request(server.url + "/api/predict", body, headers=headers)
+    assert status == 400 and result["error"] == "the form has no file: send the image as a file field"
+
+
+def test_paths_match_without_their_query_and_head_answers_as_get(server):
+    status, page = request(server.url + "/?v=2")
+    assert status == 200 and 'id="file"' in page
+    assert request(server.url + "/api/info?x=1")[1]["model"] == "cct_2_3x2_32_keras"
+    status, result = request(server.url + "/api/predict?top=5", png_bytes())
+    assert status == 200 and len(result["predictions"]) == 5
+    with urllib.request.urlopen(urllib.request.Request(server.url + "/", method="HEAD"), timeout=30) as response:
+        assert response.status == 200 and response.read() == b""
+        assert int(response.headers["Content-Length"]) == len(page.encode())
 
 
 def test_unknown_paths(server):

@@ -2,8 +2,12 @@
 
     GET  /              the page: upload or drop an image, see the top-5 classes and the pooling heatmap
     GET  /api/info      {"model", "classes", "limits"}
-    POST /api/predict   body: the image file's bytes -> {"predictions": [{"label", "probability"}] * 5,
+    POST /api/predict   body: the image file's bytes, or a multipart form (an HTML form's, `curl -F file=@x.jpg`,
+                        `requests.post(url, files=...)`) whose first file is the image ->
+                        {"predictions": [{"label", "probability"}] * 5,
                         "attention": {"grid": [[...]], "image": "data:image/png;base64,..."} or null}
+
+Paths are matched without their query string; HEAD answers as GET does, without the body.
 
 Limits: upload size, image pixel count (decompression bombs), a socket timeout per request and a bounded
 number of predictions at once (others wait up to the timeout, then get 503). Bad input gets a 4xx with a
@@ -13,6 +17,8 @@ JSON {"error": ...}; nothing a client sends stops the server.
 from __future__ import annotations
 
 import base64
+import email.parser
+import email.policy
 import io
 import json
 import threading
@@ -20,6 +26,7 @@ from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -52,6 +59,16 @@ def decode_image(data: bytes, max_pixels: int, size: int) -> Image.Image:
         raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
     except CCTError as e:
         raise RequestError(HTTPStatus.BAD_REQUEST, str(e)) from None
+
+
+def form_file(content_type: str, body: bytes) -> bytes:
+    """The first file of a multipart/form-data body."""
+    form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in form.iter_parts():
+        if part.get_filename() is not None:
+            return part.get_payload(decode=True)
+    raise RequestError(HTTPStatus.BAD_REQUEST, "the form has no file: send the image as a file field")
 
 
 class PredictionServer(ThreadingHTTPServer):
@@ -105,26 +122,37 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _json(self, status: HTTPStatus, payload: dict) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
+    @property
+    def route(self) -> str:
+        return urlsplit(self.path).path
+
     def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/":
+        if self.route == "/":
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
-        elif self.path == "/api/info":
+        elif self.route == "/api/info":
             model = self.server.classifier.model
             self._json(HTTPStatus.OK, {"model": model.config.name, "classes": self.server.classifier.classes,
                                        "limits": asdict(self.server.limits)})
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.path}"})
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.route}"})
+
+    do_HEAD = do_GET  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
         try:
-            if self.path != "/api/predict":
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.path}")
-            image = decode_image(self._body(), self.server.limits.max_pixels, self.server.classifier.model.config.img_size)
+            if self.route != "/api/predict":
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.route}")
+            body = self._body()
+            content_type = self.headers.get("Content-Type", "")
+            if content_type.startswith("multipart/form-data"):
+                body = form_file(content_type, body)
+            image = decode_image(body, self.server.limits.max_pixels, self.server.classifier.model.config.img_size)
             self._json(HTTPStatus.OK, self.server.predict(image))
         except RequestError as e:
             self.close_connection = True
