@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import CCTError
 
@@ -37,3 +38,22 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     finally:
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def lock_run_folder(folder: Path) -> BinaryIO | None:
+    """Lock `folder`/.lock for this process until the returned file is closed (or the process ends): a second
+    process training into the same run folder (a `--resume` while the run still goes on) gets a CCTError
+    before it writes anything, instead of both overwriting its checkpoints. None where fcntl is missing
+    (Windows), which locks nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock = open(folder / ".lock", "ab")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise CCTError(f"{folder}: another process is training into this run folder; wait for it to end, or "
+                       "stop it") from None
+    return lock

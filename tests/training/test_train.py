@@ -1,6 +1,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from dataclasses import replace
 
@@ -29,7 +31,7 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     out, result = train(run)
     assert result.top1 >= 0.9  # red vs blue: a trained model separates them
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.json", "best.safetensors", "config.json", "last.json", "last.safetensors", "metrics.csv",
+        ".lock", "best.json", "best.safetensors", "config.json", "last.json", "last.safetensors", "metrics.csv",
         "state.safetensors", "test.json", "training-curves.png"]
     saved = json.loads((out / "config.json").read_text())
     assert saved["recipe"] == json.loads(json.dumps(run.recipe.to_dict()))  # every field, tuples as lists
@@ -344,13 +346,37 @@ def test_training_into_a_finished_run_folder_or_a_file_is_refused_and_leaves_it_
     assert capsys.readouterr().err.strip().endswith(f"{out / 'config.json'}: a file, not a run folder")
 
 
+def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_path):
+    # `cct train --resume RUN` while the run still trained went on beside it, both overwriting its checkpoints
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1),
+                             out=str(tmp_path / "run")))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from cct.files import "
+                               f"lock_run_folder; lock = lock_run_folder(Path({str(out)!r})); print('held', "
+                               "flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = {path.name: path.read_bytes() for path in out.iterdir()}
+        again = RunConfig.from_run(out)
+        again.recipe = replace(again.recipe, epochs=2)
+        with pytest.raises(cct.CCTError, match=f"^{re.escape(str(out))}: another process is training into this "
+                           "run folder; wait for it to end, or stop it$"):
+            train(again, resume=True)
+        assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    finally:
+        holder.communicate("")
+    train(again, resume=True)  # once that process has ended
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 2
+
+
 def test_a_run_that_failed_before_its_first_epoch_ended_can_be_started_again(tmp_path):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"
     with pytest.raises(cct.CCTError, match="the loss became"):
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, lr=1e300),
                         out=str(out)))
-    assert sorted(path.name for path in out.iterdir()) == ["config.json"]
+    assert sorted(path.name for path in out.iterdir()) == [".lock", "config.json"]
     _, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
     assert result is not None and (out / "best.safetensors").exists()
 

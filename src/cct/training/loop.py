@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
-from ..files import atomic_write
+from ..files import atomic_write, lock_run_folder
 from ..models import CCT, CCTConfig, adapted, adapted_config, count_parameters, model_config
 from ..pretrained import from_pretrained
 from ..plots import plot_training_curves
@@ -204,6 +204,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CCTError(f"{out}: cannot create the run folder ({e.strerror or e})") from e
+        lock = lock_run_folder(out)
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
@@ -321,6 +322,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         board.close()
     chosen = f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%})" if len(val_set) else "last epoch"
     print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
+    if lock:
+        lock.close()
     ranks.close()
     return out, result
 
