@@ -110,7 +110,9 @@ def seconds_left(recipe: Recipe, epoch: int, seconds: float, full: int) -> float
 
 
 def in_words(seconds: float) -> str:
-    return f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} seconds"
+    if seconds >= 90:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} second{'s' * (round(seconds) != 1)}"
 
 
 def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
