@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import __version__
 from .errors import CCTError
 from .pretrained import DEFAULT_MODEL
 from .validation import integer
@@ -20,8 +21,11 @@ def _models(args: argparse.Namespace) -> None:
     from .models import count_macs, count_parameters, create_model, list_models, model_config
     from .pretrained import BUNDLED
 
+    names = list_models(args.pattern)
+    if not names:
+        raise CCTError(f"no model matches '{args.pattern}' (`cct models` lists them all)")
     print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}  pretrained (test top-1)")
-    for name in list_models(args.pattern):
+    for name in names:
         model = create_model(name)
         c = model_config(name)
         weights = ", ".join(f"{w.dataset} ({w.top1:.2%})" + (" default" if name == DEFAULT_MODEL else "")
@@ -313,6 +317,7 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cct", description="Compact Convolutional Transformers")
+    parser.add_argument("--version", action="version", version=f"cct {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("models", help="list model variants with parameters and MACs")
