@@ -96,6 +96,18 @@ def test_missing_data_without_download_names_the_folder(tmp_path):
         load_cifar("cifar10", tmp_path, download_missing=False)
 
 
+def test_a_data_folder_that_is_a_file_or_lies_below_one_is_a_clear_error(tmp_path, http_server):
+    # both were tracebacks (FileExistsError, NotADirectoryError)
+    _, url = http_server
+    spec = replace(CIFAR["cifar10"], url=f"{url}/cifar-10-python.tar.gz")
+    (tmp_path / "notes").write_text("a file")
+    with pytest.raises(CCTError, match=f"^{tmp_path}/notes: a file, not a folder"):
+        load_cifar("cifar10", tmp_path / "notes", spec=spec)
+    with pytest.raises(CCTError, match=f"^{tmp_path}/notes/data: cannot write the download there \\(Not a directory"):
+        load_cifar("cifar10", tmp_path / "notes" / "data", spec=spec)
+    assert (tmp_path / "notes").read_text() == "a file"
+
+
 def test_pickles_cannot_run_code(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

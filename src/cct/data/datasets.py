@@ -112,6 +112,8 @@ def find_cifar(spec: CifarSpec, data_dir: Path, download_missing: bool = True) -
     """The extracted folder of `spec` under `data_dir`: used as is, extracted from the official archive, or
     downloaded from the official URL (md5-checked) when neither is there."""
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise CCTError(f"{data_dir}: a file, not a folder (the data folder is where CIFAR lives or is downloaded to)")
     for candidate in (data_dir, data_dir / spec.folder):
         if (candidate / spec.meta_file).is_file():
             return candidate

@@ -26,8 +26,11 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 
 def download(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
     """Download `url` to `dest`, checking its md5. `dest` appears only once complete and verified."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(dest, ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(dest, ".part")
+    except OSError as e:
+        raise CCTError(f"{dest.parent}: cannot write the download there ({e.strerror or e})") from None
     try:
         with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
