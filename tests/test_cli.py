@@ -180,3 +180,6 @@ def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     assert printed["per_class"] == pytest.approx(dict(zip(("blue", "red"), expected.per_class)))
     assert printed["confusion"] == expected.confusion.tolist() and sum(map(sum, printed["confusion"])) == 12
     assert printed["confusion_png"] == str(tmp_path / "m-confusion.png") and (tmp_path / "m-confusion.png").is_file()
+    figure = tmp_path / "figures" / "new" / "cm.png"  # --out in a folder not made yet, as explain's (it failed)
+    assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--out", str(figure)]) == 0
+    assert capsys.readouterr().out.endswith(f"confusion matrix: {figure}\n") and figure.is_file()

@@ -28,3 +28,11 @@ def test_onnx_export_matches_pytorch_at_any_batch_size(tmp_path, name, capfd):
             expected = model(images).numpy()
         assert logits.shape == (batch, 10)
         assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_export_to_a_folder_not_made_yet_makes_it(tmp_path, capsys):
+    # it exported, then failed to write: "exports/m.onnx: cannot write (No such file or directory)"
+    checkpoint = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_keras"))
+    out = tmp_path / "exports" / "m.onnx"
+    assert main(["export", "-c", str(checkpoint), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"{checkpoint} -> {out}\n" and len(onnx.load(out).graph.node) > 10

@@ -140,8 +140,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
     result = evaluate_saved(model, header, test)
-    out = Path(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
-                            else f"{model.config.name}-{dataset}-confusion.png"))
+    out = _output_file(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
+                                    else f"{model.config.name}-{dataset}-confusion.png"))
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
     flip = bool(header["info"].get("tta_flip"))
@@ -240,12 +240,18 @@ def _explain(args: argparse.Namespace) -> int:
             raise CCTError(f"{explained[out]} and {image} would both be explained in {out}; explain them apart")
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
     for image, seen in _read_images(images, classifier, failures).items():
-        try:
-            outs[image].parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CCTError(f"{outs[image].parent}: cannot create the folder ({e.strerror or e})") from e
-        print(f"{image} -> {explain(classifier, seen, outs[image])}")
+        print(f"{image} -> {explain(classifier, seen, _output_file(outs[image]))}")
     return _report(failures)
+
+
+def _output_file(path: str | Path) -> Path:
+    """`path`, its folder made if missing, so that an output file can go to a new folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CCTError(f"{path.parent}: cannot create the folder ({e.strerror or e})") from e
+    return path
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -254,8 +260,8 @@ def _export(args: argparse.Namespace) -> None:
 
     path = _model_path(args)
     model, _ = load_checkpoint(path)
-    out = export_onnx(model, args.out or (path.with_suffix(".onnx") if args.checkpoint
-                                          else f"{model.config.name}.onnx"))
+    out = export_onnx(model, _output_file(args.out or (path.with_suffix(".onnx") if args.checkpoint
+                                                       else f"{model.config.name}.onnx")))
     print(f"{path} -> {out}")
 
 
