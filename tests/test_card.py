@@ -88,6 +88,23 @@ def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_card_replaces_only_a_card_never_a_run_or_another_folder_or_file(run, tmp_path, capsys):
+    # `cct card RUN --out RUN` deleted the run (its checkpoints and state) to put the card in its place
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "notes.txt").write_text("mine")
+    (tmp_path / "a-file").write_text("mine too")
+    for out in (run, files, tmp_path / "a-file"):
+        before = {p: p.read_bytes() for p in sorted(out.rglob("*")) + [out] if p.is_file()}
+        assert main(["card", str(run), "--out", str(out)]) == 1
+        assert capsys.readouterr().err == f"cct: error: {out}: not a card folder, which a card would replace; " \
+                                          "choose another --out\n"
+        assert {p: p.read_bytes() for p in sorted(out.rglob("*")) + [out] if p.is_file()} == before
+    card = tmp_path / "card"
+    card.mkdir()  # an empty folder, and then a card, are replaced
+    assert main(["card", str(run), "--out", str(card)]) == 0 and main(["card", str(run), "--out", str(card)]) == 0
+
+
 def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypatch, capsys):
     # the card said `cct train --model M --recipe R` of a run whose recipe fields and dataset the command changed
     assert main(["card", str(run), "--out", str(tmp_path / "card")]) == 0

@@ -21,13 +21,16 @@ from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
 from .training.loop import in_words
 
 FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", "confusion": "confusion-matrix.png"}
+CARD_FILES = {"README.md", "config.json", "model.safetensors", *FIGURES.values()}
 
 
 def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = None) -> Path:
     """Evaluate the run's best checkpoint on its dataset's test split (found in `data_dir`, by default the
     run's own) and write the card folder `out` (replaced as a whole: a failure leaves any previous card
-    untouched)."""
+    untouched). An `out` that holds anything else than a card is refused, so no run or other folder is lost."""
     run, out = Path(run), Path(out)
+    if (out.is_dir() and not {p.name for p in out.iterdir()} <= CARD_FILES) or (out.exists() and not out.is_dir()):
+        raise CCTError(f"{out}: not a card folder, which a card would replace; choose another --out")
     config = RunConfig.from_run(run)
     metrics_path = run / "metrics.csv"
     if not metrics_path.is_file():
@@ -39,7 +42,10 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                                    model.config.in_chans)
     result = evaluate_saved(model, header, test)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CCTError(f"{out.parent}: cannot create the folder ({e.strerror or e})") from e
     staging = temporary_path(out, "", folder=True)
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
