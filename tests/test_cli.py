@@ -183,3 +183,5 @@ def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     figure = tmp_path / "figures" / "new" / "cm.png"  # --out in a folder not made yet, as explain's (it failed)
     assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--out", str(figure)]) == 0
     assert capsys.readouterr().out.endswith(f"confusion matrix: {figure}\n") and figure.is_file()
+    assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--out", str(tmp_path / "cm.jpg")]) == 1
+    assert capsys.readouterr().err.endswith("cm.jpg: this writes a .png file; give --out a name ending in .png\n")

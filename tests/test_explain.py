@@ -46,6 +46,9 @@ def test_explain_writes_a_png(tmp_path, capsys):
     assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
     assert Image.open(out).size[0] >= 800
+    # any other name is a folder (it wrote a PNG named "maps", or over a checkpoint named with --out)
+    assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(tmp_path / "maps")]) == 0
+    assert [p.name for p in (tmp_path / "maps").iterdir()] == ["photo.explain.png"]
 
 
 def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys):

@@ -36,3 +36,9 @@ def test_export_to_a_folder_not_made_yet_makes_it(tmp_path, capsys):
     out = tmp_path / "exports" / "m.onnx"
     assert main(["export", "-c", str(checkpoint), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"{checkpoint} -> {out}\n" and len(onnx.load(out).graph.node) > 10
+    # a name of another kind is refused before anything is written: it overwrote a checkpoint with ONNX
+    before = checkpoint.read_bytes()
+    assert main(["export", "-c", str(checkpoint), "--out", str(checkpoint)]) == 1
+    assert capsys.readouterr().err == f"cct: error: {checkpoint}: this writes a .onnx file; give --out a name " \
+                                      "ending in .onnx\n"
+    assert checkpoint.read_bytes() == before

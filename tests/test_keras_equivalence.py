@@ -60,3 +60,8 @@ def test_convert_keras_refuses_other_files(tmp_path, capsys):
     assert main(["convert-keras", str(tmp_path / "other.weights.h5"), "--out", str(tmp_path / "x.safetensors")]) == 1
     assert "other.weights.h5: not the weights of the seed Keras CCT" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+    # --out names the checkpoint: another kind of name (here the Keras file itself) is refused, the file kept
+    assert main(["convert-keras", str(tmp_path / "other.weights.h5"), "--out", str(tmp_path / "other.weights.h5")]) == 1
+    assert capsys.readouterr().err.endswith(": this writes a .safetensors file; give --out a name ending in "
+                                            ".safetensors\n")
+    assert (tmp_path / "other.weights.h5").read_bytes() == b"not hdf5 at all"

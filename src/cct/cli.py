@@ -139,9 +139,9 @@ def _evaluate(args: argparse.Namespace) -> None:
                            model.config.in_chans, splits=("test",))
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
-    result = evaluate_saved(model, header, test)
     out = _output_file(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
-                                    else f"{model.config.name}-{dataset}-confusion.png"))
+                                    else f"{model.config.name}-{dataset}-confusion.png"), ".png")
+    result = evaluate_saved(model, header, test)
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
     flip = bool(header["info"].get("tta_flip"))
@@ -231,7 +231,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     failures = []
     images = _image_files(args.images, failures)
-    one_file = args.out and len(args.images) == 1 and not Path(args.images[0]).is_dir() and not Path(args.out).is_dir()
+    one_file = (args.out and Path(args.out).suffix.lower() == ".png" and len(args.images) == 1
+                and not Path(args.images[0]).is_dir())
     outs = {image: Path(args.out) if one_file else Path(args.out or "") / Path(image).with_suffix(".explain.png").name
             for image in images}
     explained = {}
@@ -240,13 +241,16 @@ def _explain(args: argparse.Namespace) -> int:
             raise CCTError(f"{explained[out]} and {image} would both be explained in {out}; explain them apart")
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
     for image, seen in _read_images(images, classifier, failures).items():
-        print(f"{image} -> {explain(classifier, seen, _output_file(outs[image]))}")
+        print(f"{image} -> {explain(classifier, seen, _output_file(outs[image], '.png'))}")
     return _report(failures)
 
 
-def _output_file(path: str | Path) -> Path:
-    """`path`, its folder made if missing, so that an output file can go to a new folder."""
+def _output_file(path: str | Path, suffix: str) -> Path:
+    """`path`, its folder made if missing, so that an output file can go to a new folder. Its name must end in
+    `suffix`, the kind of file written, so that no checkpoint or other file is overwritten by mistake."""
     path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise CCTError(f"{path}: this writes a {suffix} file; give --out a name ending in {suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -261,7 +265,7 @@ def _export(args: argparse.Namespace) -> None:
     path = _model_path(args)
     model, _ = load_checkpoint(path)
     out = export_onnx(model, _output_file(args.out or (path.with_suffix(".onnx") if args.checkpoint
-                                                       else f"{model.config.name}.onnx")))
+                                                       else f"{model.config.name}.onnx"), ".onnx"))
     print(f"{path} -> {out}")
 
 
@@ -284,8 +288,9 @@ def _convert_keras(args: argparse.Namespace) -> None:
     from .convert import convert_keras
     from .training import save_checkpoint
 
+    out = _output_file(args.out, ".safetensors")
     model = convert_keras(args.weights)
-    out = save_checkpoint(args.out, model, {"dataset": "cifar10", "source": str(args.weights)})
+    out = save_checkpoint(out, model, {"dataset": "cifar10", "source": str(args.weights)})
     print(f"{args.weights} -> {out}")
 
 
@@ -386,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", help="where CIFAR lives (default: the run's, else ./data)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="confusion-matrix PNG (default: beside the checkpoint)")
+    p.add_argument("--out", help="the confusion matrix, a .png file (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of a table")
     p.set_defaults(func=_evaluate)
 
@@ -401,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("explain", help="draw the sequence-pooling weights of each token over images")
     p.add_argument("images", nargs="+", help="image files, or folders of them (searched below too)")
     _add_model_source(p)
-    p.add_argument("--out", help="the PNG to write for one image file, else the folder to write "
+    p.add_argument("--out", help="a .png file to write for one image file, else the folder to write "
                    "<image name>.explain.png in (default: here)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_explain)
@@ -409,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export a checkpoint for deployment (ONNX, dynamic batch size)")
     _add_model_source(p)
     p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", help="file to write (default: beside the checkpoint)")
+    p.add_argument("--out", help="the .onnx file to write (default: beside the checkpoint)")
     p.set_defaults(func=_export)
 
     p = commands.add_parser("serve", help="a JSON API and a web page for a model, on loopback")
@@ -430,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("convert-keras", help="import the seed Keras model's weights into cct_keras")
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")
-    p.add_argument("--out", default="cct_keras.safetensors", help="checkpoint to write")
+    p.add_argument("--out", default="cct_keras.safetensors", help="the .safetensors checkpoint to write")
     p.set_defaults(func=_convert_keras)
     return parser
 
