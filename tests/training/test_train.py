@@ -334,7 +334,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert {name: (out / name).read_bytes() for name in saved} == saved
 
 
-def test_training_into_a_finished_run_folder_or_a_file_is_refused_and_leaves_it_alone(tmp_path, capsys):
+def test_training_into_a_run_folder_a_file_or_a_folder_of_other_files_is_refused_and_leaves_it_alone(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"
     train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
@@ -345,6 +345,16 @@ def test_training_into_a_finished_run_folder_or_a_file_is_refused_and_leaves_it_
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert main(["train", "--dataset", str(data), "--out", str(out / "config.json")]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{out / 'config.json'}: a file, not a run folder")
+    # a folder of other files: its config.json, metrics.csv, ... were overwritten
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"mine": true}')
+    (project / "notes.txt").write_text("mine too")
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(project)]) == 1
+    assert capsys.readouterr().err == f"cct: error: {project}: holds other files than a run's (config.json, " \
+                                      "notes.txt); choose a new or empty --out\n"
+    assert sorted((p.name, p.read_text()) for p in project.iterdir()) == [
+        ("config.json", '{"mine": true}'), ("notes.txt", "mine too")]
 
 
 def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_path):

@@ -138,11 +138,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         config = adapted_config(source.config, **model_overrides)
     else:
         config = model_config(run.model, **model_overrides)
-    if run.out and not resume and any((Path(run.out) / name).exists() for name in RUN_FILES):
-        raise CCTError(f"{run.out}: already holds a run; continue it with `cct train --resume {run.out}`, "
-                       "or choose another --out")
-    if run.out and Path(run.out).exists() and not Path(run.out).is_dir():
-        raise CCTError(f"{run.out}: a file, not a run folder")
+    if run.out and not resume:
+        _check_new_run_folder(Path(run.out))
     summary_writer = _summary_writer() if run.tensorboard else None
     # recorded absolute, so that evaluate, card and resume find the data from any working directory
     run.data_dir = str(Path(run.data_dir).resolve())
@@ -328,6 +325,28 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         lock.close()
     ranks.close()
     return out, result
+
+
+def _check_new_run_folder(out: Path) -> None:
+    """A new run goes into a new or empty folder, or one left by a run that failed before its first epoch
+    ended (its config.json, lock and TensorBoard folder), so that it overwrites no run and no other file."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CCTError(f"{out}: a file, not a run folder")
+    names = {p.name for p in out.iterdir()}
+    if names & set(RUN_FILES):
+        raise CCTError(f"{out}: already holds a run; continue it with `cct train --resume {out}`, "
+                       "or choose another --out")
+    others = sorted(names - {"config.json", ".lock", "tensorboard"})
+    if "config.json" in names:
+        try:
+            RunConfig.from_run(out)
+        except CCTError:
+            others.insert(0, "config.json")
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise CCTError(f"{out}: holds other files than a run's ({shown}); choose a new or empty --out")
 
 
 def _starting_model(run: RunConfig) -> CCT:
