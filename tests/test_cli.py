@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import cct
-from cct.cli import main
+from cct.cli import _read_images, main
+from cct.inference import Classifier
 from cct.training import load_checkpoint, save_checkpoint
 from tests.conftest import write_cifar10_archive
 from tests.helpers import write_image
@@ -66,6 +67,31 @@ def test_predict_takes_folders_of_images(tmp_path, checkpoint, capsys):
     assert captured.out.splitlines()[::2] == [str(tmp_path / "photos" / n) for n in ("a.jpg", "b.png", "deeper/c.webp")]
     assert captured.err.strip() == f"cct: error: {tmp_path / 'empty'}: a folder without images (.bmp, .gif, .jpeg, " \
                                    ".jpg, .png, .tif, .tiff, .webp)"
+
+
+def test_predict_answers_a_large_folder_in_order_as_one_json_list_and_takes_images_after_options(
+        tmp_path, checkpoint, capsys):
+    # a folder is read in parts of 256 files (on every core), each part answered before the next is read, so its
+    # answers come as they are made
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [write_image(photos / f"{i:03d}.png", (12, 9), seed=i).name for i in range(300)]
+    (photos / "150.5.png").write_bytes(b"broken")
+    single = write_image(tmp_path / "single.png", (20, 20), seed=7)
+    # images after an option were "unrecognized arguments"
+    assert main(["predict", "-c", str(checkpoint), str(photos), "--json", str(single), "--top-k", "2"]) == 1
+    captured = capsys.readouterr()
+    answers = json.loads(captured.out)
+    assert [a["image"] for a in answers] == [str(photos / n) for n in names] + [str(single)]
+    expected = Classifier.from_pretrained(checkpoint).predict([str(photos / names[299]), str(single)], top_k=2)
+    assert [a["labels"] for a in answers[-2:]] == [p.labels for p in expected]
+    assert [a["probabilities"] for a in answers[-2:]] == [pytest.approx(p.probabilities) for p in expected]
+    assert captured.err == f"cct: error: {photos / '150.5.png'}: not a readable image (UnidentifiedImageError)\n"
+    assert main(["predict", "-c", str(checkpoint), str(photos / "150.5.png"), "--json"]) == 1
+    assert capsys.readouterr().out == "[]\n"
+    failures = []
+    parts = _read_images(sorted(map(str, photos.iterdir())), Classifier.from_pretrained(checkpoint), failures)
+    assert [len(part) for part in parts] == [255, 45] and len(failures) == 1  # 256 files, one broken; 45
 
 
 @pytest.mark.parametrize("argv, message", [

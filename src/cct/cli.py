@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -174,30 +176,41 @@ def _predict(args: argparse.Namespace) -> int:
 
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
     failures = []
-    readable = _read_images(_image_files(args.images, failures), classifier, failures)
-    predictions = dict(zip(readable, classifier.predict(list(readable.values()), args.top_k))) if readable else {}
+    answered = 0  # printed as it goes; with --json, the items of one JSON list
+    for readable in _read_images(_image_files(args.images, failures), classifier, failures):
+        predictions = classifier.predict(list(readable.values()), args.top_k) if readable else []
+        for path, prediction in zip(readable, predictions):
+            if args.json:
+                item = json.dumps({"image": path, "labels": prediction.labels,
+                                   "probabilities": prediction.probabilities}, indent=2)
+                print(("[\n" if not answered else ",\n") + textwrap.indent(item, "  "), end="")
+            else:
+                print(path)
+                for label, probability in zip(prediction.labels, prediction.probabilities):
+                    print(f"  {probability:7.2%}  {label}")
+            answered += 1
+        sys.stdout.flush()
     if args.json:
-        print(json.dumps([{"image": path, "labels": p.labels, "probabilities": p.probabilities}
-                          for path, p in predictions.items()], indent=2))
-    else:
-        for path, prediction in predictions.items():
-            print(path)
-            for label, probability in zip(prediction.labels, prediction.probabilities):
-                print(f"  {probability:7.2%}  {label}")
+        print("\n]" if answered else "[]")
     return _report(failures)
 
 
-def _read_images(paths: list[str], classifier, failures: list[str]) -> dict:
-    """{path: (C, S, S) uint8 as the classifier's model reads it} of the readable files; a failure for each other."""
-    from .data import load_image
+def _read_images(paths: list[str], classifier, failures: list[str], chunk: int = 256) -> Iterator[dict]:
+    """{path: (C, S, S) uint8 as the classifier's model reads it} of the readable files, `chunk` files at a
+    time (decoded on every core), so that a large folder's answers come as they are made; a failure for each
+    other."""
+    from .data.images import load_images
 
-    readable = {}
-    for path in paths:
-        try:
-            readable[path] = load_image(path, classifier.model.config.img_size, classifier.model.config.in_chans)
-        except CCTError as e:
-            failures.append(str(e))
-    return readable
+    c = classifier.model.config
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        readable = {}
+        for path, image in zip(part, load_images(part, c.img_size, c.in_chans)):
+            if isinstance(image, str):
+                failures.append(image)
+            else:
+                readable[path] = image
+        yield readable
 
 
 def _report(failures: list[str]) -> int:
@@ -240,8 +253,9 @@ def _explain(args: argparse.Namespace) -> int:
         if explained.setdefault(out, image) != image:
             raise CCTError(f"{explained[out]} and {image} would both be explained in {out}; explain them apart")
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
-    for image, seen in _read_images(images, classifier, failures).items():
-        print(f"{image} -> {explain(classifier, seen, _output_file(outs[image], '.png'))}")
+    for readable in _read_images(images, classifier, failures):
+        for image, seen in readable.items():
+            print(f"{image} -> {explain(classifier, seen, _output_file(outs[image], '.png'))}")
     return _report(failures)
 
 
@@ -442,7 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "images") and not any(a.startswith("-") for a in extra):
+        args.images += extra  # images after options (`cct predict a.jpg --json b.jpg`): argparse stops at them
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     try:
         return args.func(args) or 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import pickle
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +12,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import CCTError
-from ..runtime import available_cpus
 from .download import download, extract
-from .images import IMAGE_SUFFIXES, check_channels, image_files, load_image
+from .images import IMAGE_SUFFIXES, check_channels, image_files, load_images
 
 
 @dataclass
@@ -168,17 +166,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folder(s) {shown}: "
                        "each class needs some")
-
-    def load(path: Path) -> torch.Tensor | str:
-        try:
-            return load_image(path, img_size, channels)
-        except CCTError as e:
-            return str(e)
-
-    # PIL decodes and resizes without holding the GIL: one thread per core
-    with ThreadPoolExecutor(available_cpus()) as pool:
-        loaded = list(tqdm(pool.map(load, [path for path, _ in files]), total=len(files), unit="image",
-                           desc=f"loading {root}", leave=False, disable=None))
+    loaded = list(tqdm(load_images([path for path, _ in files], img_size, channels), total=len(files), unit="image",
+                       desc=f"loading {root}", leave=False, disable=None))
     images, labels, failures = [], [], []
     for image, (_, label) in zip(loaded, files):
         if isinstance(image, str):
