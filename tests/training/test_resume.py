@@ -73,6 +73,11 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
 def test_resume_needs_a_run_folder(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 1
     assert "config.json: no such file (not a run folder)" in capsys.readouterr().err
+    (tmp_path / "best.safetensors").write_bytes(b"a checkpoint")  # a traceback (NotADirectoryError)
+    for option in ("--resume", "--config"):
+        assert main(["train", option, str(tmp_path / "best.safetensors"), "--out", str(tmp_path / "x")]) == 1
+        assert capsys.readouterr().err == f"cct: error: {tmp_path / 'best.safetensors'}: a file, not a run folder " \
+                                          "or a run's config.json\n"
 
 
 def test_ctrl_c_says_how_to_continue_the_run(tmp_path):

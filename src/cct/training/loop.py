@@ -63,6 +63,8 @@ class RunConfig:
         """The config saved in a run folder (or a config.json file as it saves them), to resume that run or train
         anew with it."""
         path = Path(source) if Path(source).suffix == ".json" else Path(source) / "config.json"
+        if Path(source).is_file() and path != Path(source):
+            raise CCTError(f"{source}: a file, not a run folder or a run's config.json")
         try:
             data = json.loads(path.read_text())
             if isinstance(data, dict) and "library_name" in data:  # what `cct card` writes
