@@ -47,6 +47,12 @@ def test_create_model_with_pretrained_weights():
         cct.create_model("cct_keras", pretrained=True, num_class=10)
     agreeing = cct.create_model("cct_keras", pretrained=True, num_classes=10, img_size=32).state_dict()
     assert all(torch.equal(agreeing[k], v) for k, v in default.items())
+    # a name that is neither a path nor a model said "cct_kers: no such checkpoint"
+    with pytest.raises(CCTError, match=r"^cct_kers: no such checkpoint, run or card folder, and not a model name "
+                       r"\(`cct models` lists them\)$"):
+        cct.from_pretrained("cct_kers")
+    with pytest.raises(CCTError, match="^no pretrained cifar10 weights for cct_7_3x1_32"):
+        cct.from_pretrained("cct_7_3x1_32")
 
 
 def test_altered_weights_are_refused(tmp_path, monkeypatch):

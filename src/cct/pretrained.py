@@ -68,6 +68,9 @@ def from_pretrained(source: str | Path, device: str = "cpu"):
     from .training.checkpoint import load_checkpoint
 
     path = Path(source)
-    if not path.exists() and str(source) in list_models(include_aliases=True):
+    if not path.exists():
+        if str(source) not in list_models(include_aliases=True):
+            raise CCTError(f"{source}: no such checkpoint, run or card folder, and not a model name (`cct models` "
+                           "lists them)")
         path = pretrained_path(str(source))
     return load_checkpoint(path, device)[0]
