@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="keras-example", help="a named recipe (`cct recipes` lists them; default: "
                    "keras-example)")
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
-    p.add_argument("--out", help="run folder, not one holding a run already (default: runs/<model>-<dataset>-<time>)")
+    p.add_argument("--out", help="run folder, new or empty (default: runs/<model>-<dataset>-<time>)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto: bf16 where the device computes it natively, else fp32")
