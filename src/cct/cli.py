@@ -88,9 +88,9 @@ def _train_run(run, resume: bool = False) -> int:
 
 
 def _recipes(args: argparse.Namespace) -> None:
-    from .training import RECIPES
+    from .training import RECIPES, get_recipe
 
-    for recipe in RECIPES.values():
+    for recipe in [get_recipe(name) for name in args.names] or RECIPES.values():
         print(f"{recipe.name}:")
         for key, value in recipe.to_dict().items():
             print(f"  {key:<20} {value}")
@@ -350,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_models)
 
     p = commands.add_parser("recipes", help="list the named training recipes with every field")
+    p.add_argument("names", nargs="*", help="only these recipes (default: all)")
     p.set_defaults(func=_recipes)
 
     p = commands.add_parser("train", help="train a model with a named recipe")

@@ -66,12 +66,18 @@ def test_overrides_convert_json_lists_and_refuse_unknown_fields():
         r.with_overrides({"ema": 0.9})
 
 
-def test_cct_recipes_lists_every_recipe_in_full(capsys):
+def test_cct_recipes_lists_every_recipe_or_the_named_ones_in_full(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     for name, recipe in RECIPES.items():
         assert f"{name}:" in out
     assert out.count("auto_augment") == len(RECIPES)
+    assert main(["recipes", "fast", "keras-example"]) == 0  # was "unrecognized arguments"
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.endswith(":")] == ["fast:", "keras-example:"]
+    assert "  epochs               12\n" in out and "  epochs               30\n" in out
+    assert main(["recipes", "fats"]) == 1
+    assert capsys.readouterr().err.startswith("cct: error: unknown recipe 'fats' (choose from keras-example, fast,")
 
 
 def test_unknown_recipe():
