@@ -32,6 +32,8 @@ def test_models_lists_names_parameters_and_macs(capsys):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"cct_2_3x2_32", "cct_2_3x2_32_keras", "cct_2_3x2_32_sine"}
     assert rows["cct_2_3x2_32_keras"][1] == "416,331" and rows["cct_2_3x2_32"][2] == "0.033G"
+    assert main(["models", "cct_keras"]) == 0  # an alias: the model it names (it printed an empty table)
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["cct_2_3x2_32_keras"]
     assert main(["models", "cct_99*"]) == 1  # it printed the header of an empty table
     assert capsys.readouterr().err == "cct: error: no model matches 'cct_99*' (`cct models` lists them all)\n"
 

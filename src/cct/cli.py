@@ -23,7 +23,7 @@ def _models(args: argparse.Namespace) -> None:
     from .models import count_macs, count_parameters, create_model, list_models, model_config
     from .pretrained import BUNDLED
 
-    names = list_models(args.pattern)
+    names = sorted({model_config(name).name for name in list_models(args.pattern, include_aliases=True)})
     if not names:
         raise CCTError(f"no model matches '{args.pattern}' (`cct models` lists them all)")
     print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}  pretrained (test top-1)")
