@@ -14,7 +14,7 @@ from . import __version__
 from .data import load_dataset
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
-from .files import temporary_path
+from .files import make_folder, temporary_path
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
@@ -42,10 +42,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                                    model.config.in_chans)
     result = evaluate_saved(model, header, test)
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CCTError(f"{out.parent}: cannot create the folder ({e.strerror or e})") from e
+    make_folder(out.parent)
     staging = temporary_path(out, "", folder=True)
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CCTError
+from .files import make_folder
 from .pretrained import DEFAULT_MODEL
 from .validation import integer
 
@@ -178,7 +179,7 @@ def _predict(args: argparse.Namespace) -> int:
     failures = []
     answered = 0  # printed as it goes; with --json, the items of one JSON list
     for readable in _read_images(_image_files(args.images, failures), classifier, failures):
-        predictions = classifier.predict(list(readable.values()), args.top_k) if readable else []
+        predictions = classifier.predict(list(readable.values()), args.top_k)
         for path, prediction in zip(readable, predictions):
             if args.json:
                 item = json.dumps({"image": path, "labels": prediction.labels,
@@ -265,10 +266,7 @@ def _output_file(path: str | Path, suffix: str) -> Path:
     path = Path(path)
     if path.suffix.lower() != suffix:
         raise CCTError(f"{path}: this writes a {suffix} file; give --out a name ending in {suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CCTError(f"{path.parent}: cannot create the folder ({e.strerror or e})") from e
+    make_folder(path.parent)
     return path
 
 

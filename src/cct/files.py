@@ -10,6 +10,14 @@ from typing import BinaryIO
 from .errors import CCTError
 
 
+def make_folder(folder: Path) -> None:
+    """Make `folder` and the folders above it where missing; one that cannot be made is a CCTError naming it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CCTError(f"{folder}: cannot create the folder ({e.strerror or e})") from e
+
+
 def temporary_path(final: Path, suffix: str = ".tmp", folder: bool = False) -> Path:
     """Create a hidden file (or folder) beside `final` to be renamed to it once complete, with the permissions
     the umask gives any new file (tempfile's are private, 0600 or 0700, and a rename keeps them)."""
