@@ -130,8 +130,9 @@ def test_each_epoch_says_how_long_the_rest_should_take_counting_the_pixels_of_it
     # after 10 s at 16 px: one epoch at 24 px (2.25x the pixels) and two at 32 px (4x each)
     assert seconds_left(recipe, 1, 10.0, 32) == pytest.approx(10.0 * (2.25 + 4 + 4))
     assert seconds_left(recipe, 3, 60.0, 32) == 60.0 and seconds_left(recipe, 4, 60.0, 32) == 0.0
-    assert (in_words(0.2), in_words(1.4), in_words(89.6), in_words(90), in_words(3600)) == (
-        "0 seconds", "1 second", "90 seconds", "2 minutes", "60 minutes")
+    assert [in_words(s) for s in (0.2, 1.4, 2.6, 89.6, 90, 3600, 5399, 5400, 30000)] == [
+        "1 second", "1 second", "3 seconds", "90 seconds", "2 minutes", "60 minutes", "90 minutes", "1.5 hours",
+        "8.3 hours"]
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=recipe, out=str(tmp_path / "run")))
     epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]

@@ -112,9 +112,12 @@ def seconds_left(recipe: Recipe, epoch: int, seconds: float, full: int) -> float
 
 
 def in_words(seconds: float) -> str:
+    """A time to go, as a person would round it: at least a second, minutes from 90 s, hours from 90 minutes."""
+    if seconds >= 90 * 60:
+        return f"{seconds / 3600:.1f} hours"
     if seconds >= 90:
         return f"{seconds / 60:.0f} minutes"
-    return f"{seconds:.0f} second{'s' * (round(seconds) != 1)}"
+    return f"{max(1, round(seconds))} second{'s' * (round(seconds) > 1)}"
 
 
 def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None,
