@@ -102,12 +102,16 @@ def test_predict_answers_a_large_folder_in_order_as_one_json_list_and_takes_imag
     (["serve", "--max-concurrent", "0"], "argument --max-concurrent: expected an integer of at least 1, got '0'"),
     (["train", "--threads", "two"], "argument --threads: expected an integer of at least 1, got 'two'"),
     (["train", "--checkpoint-every", "-3"], "argument --checkpoint-every: expected an integer of at least 0, got '-3'"),
+    # the usage printed above the message was cct's, without the command's options (-c among them)
+    (["evaluate", "runs/seed"], "unrecognized arguments: runs/seed"),
+    (["predict", "a.png", "--tpo-k", "3"], "unrecognized arguments: --tpo-k 3"),
 ])
-def test_a_bad_count_is_a_usage_error(argv, message, capsys):
+def test_a_bad_argument_is_a_usage_error_of_its_command(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"cct {argv[0]}: error: {message}"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"usage: cct {argv[0]} [-h]") and err[-1] == f"cct {argv[0]}: error: {message}"
 
 
 def test_unknown_model_fails_before_touching_data(tmp_path, monkeypatch, capsys):

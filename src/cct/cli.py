@@ -450,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="a .keras, .weights.h5 or .h5 file saved from the keras.io CCT")
     p.add_argument("--out", default="cct_keras.safetensors", help="the .safetensors checkpoint to write")
     p.set_defaults(func=_convert_keras)
+    for command in commands.choices.values():
+        command.set_defaults(usage_error=command.error)  # a stray argument shows its command's usage
     return parser
 
 
@@ -460,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and hasattr(args, "images") and not any(a.startswith("-") for a in extra):
         args.images += extra  # images after options (`cct predict a.jpg --json b.jpg`): argparse stops at them
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     try:
         return args.func(args) or 0
