@@ -99,9 +99,9 @@ def _recipes(args: argparse.Namespace) -> None:
 
 def _options_given(args: argparse.Namespace, allowed: set[str]) -> list[str]:
     """The `cct train` options of `args` that differ from their defaults, but for `allowed` ones (by dest)."""
-    defaults = vars(build_parser().parse_args(["train"]))
+    defaults = vars(build_parser().parse_args(["train"]))  # with `func` and `usage_error`, callables, not options
     return [f"--{key.replace('_', '-')}" for key, default in defaults.items()
-            if key not in allowed | {"resume", "config"} and getattr(args, key) != default]
+            if key not in allowed | {"resume", "config"} and not callable(default) and getattr(args, key) != default]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
