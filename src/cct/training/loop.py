@@ -213,7 +213,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
               f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
-              f"{ranks.world} process(es)")
+              f"{ranks.world} process{'es' * (ranks.world > 1)}")
         if source is not None:
             held = "" if run.init_from == source.config.name else f" ({source.config.name})"
             print(f"starting from the weights of {run.init_from}{held}: {'; '.join(changed) or 'all of them'}")
