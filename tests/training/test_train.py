@@ -348,6 +348,9 @@ def test_training_into_a_run_folder_a_file_or_a_folder_of_other_files_is_refused
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
     assert main(["train", "--dataset", str(data), "--out", str(out / "config.json")]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{out / 'config.json'}: a file, not a run folder")
+    assert main(["train", "--dataset", str(data), "--val-size", "0", "--out", str(out / "config.json" / "run")]) == 1
+    assert capsys.readouterr().err == f"cct: error: {out / 'config.json' / 'run'}: cannot create the folder (Not a " \
+                                      "directory)\n"
     # a folder of other files: its config.json, metrics.csv, ... were overwritten
     project = tmp_path / "project"
     project.mkdir()

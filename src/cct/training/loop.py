@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
-from ..files import atomic_write, lock_run_folder
+from ..files import atomic_write, lock_run_folder, make_folder
 from ..models import CCT, CCTConfig, adapted, adapted_config, count_parameters, model_config
 from ..pretrained import from_pretrained
 from ..plots import plot_training_curves
@@ -204,10 +204,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
                                        f"{datetime.now():%Y%m%d-%H%M%S}")
     run.out = str(out)
     if ranks.main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CCTError(f"{out}: cannot create the run folder ({e.strerror or e})") from e
+        make_folder(out)
         lock = lock_run_folder(out)
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
