@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -464,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         args.usage_error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
+    from PIL import Image
+    # open_image refuses images above its pixel limit with a one-line error; PIL warns of them first
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         return args.func(args) or 0
     except CCTError as e:

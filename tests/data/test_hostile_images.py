@@ -3,6 +3,7 @@ error naming the file, and nothing hangs or crashes (predict, evaluate and the f
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -36,6 +37,9 @@ INVALID = {
     "truncated.png": (png(Image.fromarray(PIXELS))[:300], "truncated or corrupt"),
     "truncated.jpg": (lambda: _jpeg()[:len(_jpeg()) // 2], "truncated or corrupt"),
     "bomb.png": (lambda: png(Image.new("1", (10_000, 10_000))), "100,000,000 pixels; the limit is 50,000,000"),
+    # PIL's own DecompressionBombError came out as a traceback
+    "bigger-bomb.png": (lambda: png(Image.new("1", (14_000, 13_000))), "over 178,956,970 pixels; the limit is "
+                        "50,000,000"),
 }
 
 
@@ -107,8 +111,11 @@ def test_predict_answers_every_good_file_and_names_each_bad_one(tmp_path, capsys
     Image.fromarray(PIXELS).save(tmp_path / "good.png")
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "bomb.png").write_bytes(png(Image.new("1", (10_000, 10_000))))
-    assert main(["predict", "-c", str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "empty.png"),
-                 str(tmp_path / "bomb.png"), "--json"]) == 1
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert main(["predict", "-c", str(checkpoint), str(tmp_path / "good.png"), str(tmp_path / "empty.png"),
+                     str(tmp_path / "bomb.png"), "--json"]) == 1
+    assert warned == []  # PIL's DecompressionBombWarning came before the bomb's one-line error
     captured = capsys.readouterr()
     assert [r["image"] for r in json.loads(captured.out)] == [str(tmp_path / "good.png")]
     errors = captured.err.strip().splitlines()

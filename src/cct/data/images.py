@@ -3,7 +3,6 @@ evaluation and prediction."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +35,9 @@ def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
         image = Image.open(source)
     except FileNotFoundError:
         raise CCTError(f"{name}: no such file") from None
+    except Image.DecompressionBombError:  # PIL's own check, at twice its MAX_IMAGE_PIXELS
+        raise ImageTooLarge(f"{name}: the image has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; the limit is "
+                            f"{max_pixels:,}") from None
     except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise CCTError(f"{name}: not a readable image ({type(e).__name__})") from None
     pixels = image.size[0] * image.size[1]
@@ -45,9 +47,7 @@ def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     try:
         if size is not None and image.format == "JPEG":
             image.draft(None, (size, size))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel count is checked above
-            image.load()
+        image.load()
     except (OSError, ValueError, SyntaxError) as e:
         image.close()
         raise CCTError(f"{name}: the image is truncated or corrupt ({e})") from None
