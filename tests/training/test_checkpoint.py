@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 import cct
+from cct.export import export_onnx
 from cct.files import atomic_write
 from cct.training import load_checkpoint, save_checkpoint
 from cct.training.checkpoint import tensors_sha256
@@ -75,6 +76,20 @@ def test_a_file_that_is_not_a_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "notes.safetensors")
     with pytest.raises(cct.CCTError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+
+def test_an_export_or_keras_file_passed_as_a_checkpoint_says_what_it_is(saved, tmp_path):
+    # it was "not a readable checkpoint (truncated or corrupt: Error while deserializing header: header too large)"
+    model, path = saved
+    onnx = export_onnx(model, tmp_path / "model.onnx")
+    with pytest.raises(cct.CCTError) as raised:
+        cct.from_pretrained(onnx)
+    assert str(raised.value) == f"{onnx}: not a checkpoint; cct reads .safetensors checkpoints, run folders and " \
+                                "card folders (an ONNX export runs in onnxruntime)"
+    (tmp_path / "seed.keras").write_bytes(b"PK\x03\x04")
+    with pytest.raises(cct.CCTError, match=r"seed.keras: not a checkpoint; .* \(`cct convert-keras` imports"):
+        load_checkpoint(tmp_path / "seed.keras")
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

@@ -62,6 +62,13 @@ def save_checkpoint(path: str | Path, model: CCT, info: dict | None = None) -> P
     return path
 
 
+FOREIGN_FILES = {  # files a checkpoint is mistaken for, and what to do with them
+    ".onnx": "an ONNX export runs in onnxruntime",
+    ".keras": "`cct convert-keras` imports the keras.io model's weights",
+    ".h5": "`cct convert-keras` imports the keras.io model's weights",
+}
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A model-card folder (its model.safetensors), a run folder (its best checkpoint), a .safetensors file or
     its .json copy -> the .safetensors path."""
@@ -72,6 +79,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = path.with_suffix(".safetensors")
     if not path.is_file():
         raise CCTError(f"{path}: no such checkpoint")
+    if path.suffix != ".safetensors":
+        hint = FOREIGN_FILES.get(path.suffix.lower(), "")
+        raise CCTError(f"{path}: not a checkpoint; cct reads .safetensors checkpoints, run folders and card folders"
+                       + (f" ({hint})" if hint else ""))
     return path
 
 
