@@ -63,16 +63,28 @@ def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys
     out = tmp_path / "explained"
     assert main(["explain", "-c", str(checkpoint), str(photos), str(single), "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    assert sorted(p.name for p in out.iterdir()) == ["a.explain.png", "b.explain.png", "c.explain.png"]
-    assert all(Image.open(p).size[0] >= 800 for p in out.iterdir())
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
+    assert written == ["a.explain.png", "c.explain.png", "deeper/b.explain.png"]
+    assert all(Image.open(out / name).size[0] >= 800 for name in written)
     assert captured.out.splitlines() == [f"{photos / 'a.jpg'} -> {out / 'a.explain.png'}",
-                                         f"{photos / 'deeper/b.png'} -> {out / 'b.explain.png'}",
+                                         f"{photos / 'deeper/b.png'} -> {out / 'deeper/b.explain.png'}",
                                          f"{single} -> {out / 'c.explain.png'}"]
     assert captured.err.strip() == f"cct: error: {photos / 'broken.png'}: not a readable image (UnidentifiedImageError)"
 
-    write_image(photos / "deeper" / "a.png", (40, 30))
-    assert main(["explain", "-c", str(checkpoint), str(photos), "--out", str(tmp_path / "again")]) == 1
+    # a folder's images keep their subfolders: a class-folder test set was refused as "would both be explained in
+    # 1.explain.png"
+    for name in ("cats/1.png", "dogs/1.png"):
+        (tmp_path / "classes" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(tmp_path / "classes" / name, (40, 30))
+    assert main(["explain", "-c", str(checkpoint), str(tmp_path / "classes"), "--out", str(tmp_path / "maps")]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{tmp_path / 'classes' / name} -> {tmp_path / 'maps' / name.replace('.png', '.explain.png')}"
+        for name in ("cats/1.png", "dogs/1.png")]
+    assert sorted(str(p.relative_to(tmp_path / "maps")) for p in (tmp_path / "maps").rglob("*.png")) == [
+        "cats/1.explain.png", "dogs/1.explain.png"]
+    write_image(photos / "a.png", (40, 30))
+    assert main(["explain", "-c", str(checkpoint), str(photos), "--out", str(tmp_path / "more")]) == 1
     assert capsys.readouterr().err.strip() == \
-        f"cct: error: {photos / 'a.jpg'} and {photos / 'deeper/a.png'} would both be explained in " \
-        f"{tmp_path / 'again/a.explain.png'}; explain them apart"
-    assert not (tmp_path / "again").exists()
+        f"cct: error: {photos / 'a.jpg'} and {photos / 'a.png'} would both be explained in " \
+        f"{tmp_path / 'more/a.explain.png'}; explain them apart"
+    assert not (tmp_path / "more").exists()

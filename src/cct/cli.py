@@ -179,7 +179,7 @@ def _predict(args: argparse.Namespace) -> int:
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
     failures = []
     answered = 0  # printed as it goes; with --json, the items of one JSON list
-    for readable in _read_images(_image_files(args.images, failures), classifier, failures):
+    for readable in _read_images([image for image, _ in _image_files(args.images, failures)], classifier, failures):
         predictions = classifier.predict(list(readable.values()), args.top_k)
         for path, prediction in zip(readable, predictions):
             if args.json:
@@ -222,17 +222,17 @@ def _report(failures: list[str]) -> int:
     return 1 if failures else 0
 
 
-def _image_files(arguments: list[str], failures: list[str]) -> list[str]:
-    """The arguments, each folder replaced by the image files in it and below (`image_files`); a folder without
-    any adds a failure."""
+def _image_files(arguments: list[str], failures: list[str]) -> list[tuple[str, Path]]:
+    """The arguments, each folder replaced by the image files in it and below (`image_files`), each file with its
+    path below its folder argument (a file argument: its name); a folder without any adds a failure."""
     from .data.images import IMAGE_SUFFIXES, image_files
 
     files = []
     for argument in arguments:
         if not Path(argument).is_dir():
-            files.append(argument)
+            files.append((argument, Path(Path(argument).name)))
             continue
-        found = [str(path) for path in image_files(Path(argument))]
+        found = [(str(path), path.relative_to(argument)) for path in image_files(Path(argument))]
         files += found
         if not found:
             failures.append(f"{argument}: a folder without images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -240,7 +240,8 @@ def _image_files(arguments: list[str], failures: list[str]) -> list[str]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    """Explains every readable image, as `_predict` predicts; --out is the PNG of one image, or a folder."""
+    """Explains every readable image, as `_predict` predicts; --out is the PNG of one image, or a folder, where
+    the images of a folder argument keep their subfolders."""
     from .explain import explain
     from .inference import Classifier
 
@@ -248,14 +249,15 @@ def _explain(args: argparse.Namespace) -> int:
     images = _image_files(args.images, failures)
     one_file = (args.out and Path(args.out).suffix.lower() == ".png" and len(args.images) == 1
                 and not Path(args.images[0]).is_dir())
-    outs = {image: Path(args.out) if one_file else Path(args.out or "") / Path(image).with_suffix(".explain.png").name
-            for image in images}
+    outs = {}  # an image given twice (itself and in its folder) is explained once
+    for image, name in images:
+        outs.setdefault(image, Path(args.out) if one_file else Path(args.out or "") / name.with_suffix(".explain.png"))
     explained = {}
     for image, out in outs.items():
         if explained.setdefault(out, image) != image:
             raise CCTError(f"{explained[out]} and {image} would both be explained in {out}; explain them apart")
     classifier = Classifier.from_pretrained(_model_path(args), args.device)
-    for readable in _read_images(images, classifier, failures):
+    for readable in _read_images(list(outs), classifier, failures):
         for image, seen in readable.items():
             print(f"{image} -> {explain(classifier, seen, _output_file(outs[image], '.png'))}")
     return _report(failures)
