@@ -58,6 +58,9 @@ def test_a_bad_runtime_field_is_a_clear_error():
 def test_unusable_device_is_a_clear_error():
     with pytest.raises(cct.CCTError, match="device 'cuda:7' is not usable here"):
         Runtime(device="cuda:7").resolve()
+    # it was torch's list of 20 device types ("Expected one of cpu, cuda, ipu, xpu, mkldnn, opengl, ...")
+    with pytest.raises(cct.CCTError, match=r"^device 'gpu': expected auto, cpu, cuda, cuda:N \(the Nth GPU\), mps "):
+        Runtime(device="gpu").resolve()
 
 
 def test_channels_last_and_compile_keep_the_outputs():

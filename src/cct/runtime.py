@@ -293,6 +293,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
+    except RuntimeError:
+        raise CCTError(f"device '{name}': expected auto, cpu, cuda, cuda:N (the Nth GPU), mps or another of torch's "
+                       "device types") from None
+    try:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         reason = str(e).splitlines()[0].split(". ")[0].rstrip(".")  # torch's first sentence; some go on for pages
