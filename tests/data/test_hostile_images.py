@@ -127,5 +127,5 @@ def test_a_folder_with_unreadable_files_lists_them(tmp_path):
     Image.fromarray(PIXELS).save(tmp_path / "cats" / "ok.png")
     (tmp_path / "cats" / "a.png").write_bytes(b"")
     (tmp_path / "cats" / "b.jpg").write_bytes(_jpeg()[:len(_jpeg()) // 2])
-    with pytest.raises(CCTError, match=r"2 unreadable image\(s\).*a.png: not a readable.*b.jpg: the image is trunc"):
+    with pytest.raises(CCTError, match=r"2 unreadable images, fix or remove them: .*a.png: not a readable.*b.jpg: the image is trunc"):
         load_image_folder(tmp_path, 32)

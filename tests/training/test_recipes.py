@@ -62,8 +62,10 @@ def test_overrides_convert_json_lists_and_refuse_unknown_fields():
     r = get_recipe("fast").with_overrides({"rand_augment": [2, 9, 0.5], "ema_decay": 0.99})
     assert r.rand_augment == (2, 9, 0.5) and r.ema_decay == 0.99 and r.name == "fast"
     assert replace(r, betas=[0.9, 0.99], progressive_resize=[[16, 2]]).progressive_resize == ((16, 2),)
-    with pytest.raises(CCTError, match="unknown recipe field.*ema"):
+    with pytest.raises(CCTError, match=r"^unknown recipe field ema \(see `cct recipes`\)$"):
         r.with_overrides({"ema": 0.9})
+    with pytest.raises(CCTError, match=r"^unknown recipe fields ema, lr_max \(see `cct recipes`\)$"):
+        r.with_overrides({"lr_max": 0.1, "ema": 0.9})
 
 
 def test_cct_recipes_lists_every_recipe_or_the_named_ones_in_full(capsys):

@@ -164,8 +164,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     empty = [cls for label, cls in enumerate(classes) if label not in labelled]
     if empty:
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folder(s) {shown}: "
-                       "each class needs some")
+        raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class "
+                       f"folder{'s' * (len(empty) > 1)} {shown}: each class needs some")
     loaded = list(tqdm(load_images([path for path, _ in files], img_size, channels), total=len(files), unit="image",
                        desc=f"loading {root}", leave=False, disable=None))
     images, labels, failures = [], [], []
@@ -177,7 +177,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
             labels.append(label)
     if failures:
         shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
-        raise CCTError(f"{root}: {len(failures)} unreadable image(s), fix or remove them: {shown}")
+        raise CCTError(f"{root}: {len(failures)} unreadable image{'s' * (len(failures) > 1)}, fix or remove "
+                       f"{'them' if len(failures) > 1 else 'it'}: {shown}")
     return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
 
 

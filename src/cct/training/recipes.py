@@ -67,7 +67,8 @@ class Recipe:
         """A copy with some fields replaced; an unknown field is an error."""
         unknown = set(overrides) - {f.name for f in fields(self)}
         if unknown:
-            raise CCTError(f"unknown recipe field(s) {', '.join(sorted(unknown))} (see `cct recipes`)")
+            raise CCTError(f"unknown recipe field{'s' * (len(unknown) > 1)} {', '.join(sorted(unknown))} (see "
+                           "`cct recipes`)")
         return self.from_dict({**self.to_dict(), **overrides})
 
     @classmethod
