@@ -207,10 +207,22 @@ def test_unknown_model_is_a_clear_error():
     ({"mlp_ratio": "2"}, "mlp_ratio: expected a number above 0, got '2'"),
     ({"mean": (0.5, 0.5)}, r"mean: expected 3 values \(in_chans\), got \[0.5, 0.5\]"),
     ({"class_names": ("cat",)}, r"class_names: expected 10 names \(num_classes\) or none, got 1"),
+    ({"in_chans": 1, "std": (0.2, 0.2, 0.2)}, r"std: expected 1 value \(in_chans\), got \[0.2, 0.2, 0.2\]"),
 ])
 def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
     with pytest.raises(cct.CCTError, match=f"^model config field {message}$"):
         cct.create_model("cct_2_3x2_32", **overrides)
+
+
+def test_a_grayscale_variant_takes_the_gray_of_the_rgb_mean_and_std_unless_given():
+    # `--model-arg in_chans=1` alone was "model config field mean: expected 1 values (in_chans), got [0.4914, ...]"
+    gray = cct.create_model("cct_2_3x2_32", in_chans=1).config
+    assert gray.mean == (round(0.299 * 0.4914 + 0.587 * 0.4822 + 0.114 * 0.4465, 4),) == (0.4809,)
+    assert gray.std == (round(0.299 * 0.2470 + 0.587 * 0.2435 + 0.114 * 0.2616, 4),) == (0.2466,)
+    keras = cct.create_model("cct_keras", in_chans=1).config
+    assert (keras.mean, keras.std) == ((0.0,), (1.0,))
+    given = cct.create_model("cct_2_3x2_32", in_chans=1, std=[0.2]).config
+    assert (given.mean, given.std) == ((0.4809,), (0.2,))
 
 
 def test_lists_are_taken_where_a_config_holds_tuples():

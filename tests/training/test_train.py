@@ -319,6 +319,10 @@ def test_a_grayscale_model_trains_on_a_folder_read_in_gray_and_predicts_and_expl
                  "--model-arg", "std=[0.2]", "--data-dir", str(tmp_path), "--out", str(tmp_path / "cifar")]) == 1
     assert capsys.readouterr().err.strip().endswith("cifar10: its images are RGB, so the model's in_chans must be 3, "
                                                     "not 1")
+    # in_chans=1 alone was "model config field mean: expected 1 values (in_chans), got [0.4914, 0.4822, 0.4465]"
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--epochs", "1", "--val-size", "0",
+                 "--model-arg", "in_chans=1", "--out", str(tmp_path / "gray-stats")]) == 0
+    assert cct.from_pretrained(tmp_path / "gray-stats").config.mean == (0.4809,)
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -52,8 +52,8 @@ class CCTConfig:
         check_fields(self, _CONFIG_RULES, "model config")
         for name in ("mean", "std"):
             if len(getattr(self, name)) != self.in_chans:
-                raise CCTError(f"model config field {name}: expected {self.in_chans} values (in_chans), "
-                               f"got {list(getattr(self, name))}")
+                raise CCTError(f"model config field {name}: expected {self.in_chans} value"
+                               f"{'s' * (self.in_chans > 1)} (in_chans), got {list(getattr(self, name))}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CCTError(f"model config field class_names: expected {self.num_classes} names (num_classes) "
                            f"or none, got {len(self.class_names)}")

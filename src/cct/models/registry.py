@@ -21,6 +21,7 @@ _ALIASES: dict[str, str] = {}
 # size: (layers, heads, dim, mlp ratio), the paper's table
 _SIZES = {2: (2, 2, 128, 1.0), 4: (4, 2, 128, 1.0), 6: (6, 4, 256, 2.0), 7: (7, 4, 256, 2.0), 14: (14, 6, 384, 3.0)}
 KERAS_MEAN, KERAS_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2), how images are read for in_chans=1
 
 
 def register(config: CCTConfig, *aliases: str) -> None:
@@ -54,7 +55,9 @@ def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
 
 
 def model_config(name: str, **overrides) -> CCTConfig:
-    """The registered config of `name` (or an alias), with fields replaced by `overrides` (None is ignored)."""
+    """The registered config of `name` (or an alias), with fields replaced by `overrides` (None is ignored).
+    With in_chans=1 and no mean or std given, those of the gray image are taken: the luma of the RGB ones (the
+    mean exactly, the std as if the channels were fully correlated, nearly so in photos)."""
     canonical = _ALIASES.get(name, name)
     if canonical not in _MODELS:
         close = difflib.get_close_matches(name, list_models(include_aliases=True), n=5)
@@ -64,7 +67,12 @@ def model_config(name: str, **overrides) -> CCTConfig:
     for key in overrides:
         if key not in known:
             raise CCTError(f"unknown model config field '{key}' (fields: {', '.join(sorted(known))})")
-    return replace(_MODELS[canonical], **{k: v for k, v in overrides.items() if v is not None})
+    config = _MODELS[canonical]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("in_chans") == 1 and config.in_chans == 3:
+        for key in ("mean", "std"):
+            given.setdefault(key, (round(sum(w * v for w, v in zip(LUMA, getattr(config, key))), 4),))
+    return replace(config, **given)
 
 
 def create_model(name: str, num_classes: int | None = None, img_size: int | None = None,
