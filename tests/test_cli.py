@@ -172,6 +172,14 @@ def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):
 
     data = write_color_dataset(tmp_path / "colors", per_class=2)
     _fails_with(["evaluate", "-c", str(checkpoint), "--dataset", str(data)], capsys, "the model has 10 classes")
+    # as many classes under other names: evaluated as if class i were class i ("top-1 33%", per class nonsense)
+    two = save_checkpoint(tmp_path / "two.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2,
+                                                                         class_names=("blue", "green")))
+    _fails_with(["evaluate", "-c", str(two), "--dataset", str(data)], capsys,
+                f"the model's classes are not {data}'s (class 1: the model's 'green', {data}'s 'red')")
+    same = save_checkpoint(tmp_path / "same.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2,
+                                                                           class_names=("blue", "red")))
+    assert main(["evaluate", "-c", str(same), "--dataset", str(data)]) == 0
 
 
 def test_python_m_cct_runs_the_cli():

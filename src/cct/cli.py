@@ -143,6 +143,11 @@ def _evaluate(args: argparse.Namespace) -> None:
                            model.config.in_chans, splits=("test",))
     if len(test.classes) != model.config.num_classes:
         raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
+    named_apart = [(i, a, b) for i, (a, b) in enumerate(zip(model.config.class_names, test.classes)) if a != b]
+    if named_apart:
+        i, a, b = named_apart[0]
+        raise CCTError(f"{path}: the model's classes are not {dataset}'s (class {i}: the model's '{a}', "
+                       f"{dataset}'s '{b}')")
     out = _output_file(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
                                     else f"{model.config.name}-{dataset}-confusion.png"), ".png")
     result = evaluate_saved(model, header, test)
