@@ -39,7 +39,7 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .runtime import Runtime, resolve_device
+    from .runtime import Runtime, available_cpus, resolve_device
     from .training import OPTION_FIELDS, RunConfig, get_recipe
     from .training.distributed import require_gpus
 
@@ -56,8 +56,11 @@ def _train(args: argparse.Namespace) -> None:
     if nproc > 1:  # the same command under torchrun, one process per rank
         if resolve_device(saved.runtime.device if saved else args.device).type == "cuda":
             require_gpus(nproc)
+        # each rank sets its own thread count (`Runtime.resolve`); set here, torchrun's banner about it stays away
+        threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, available_cpus() // nproc)))}
         return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                f"--nproc_per_node={nproc}", "-m", "cct", *_without_nproc(args.argv)])
+                                f"--nproc_per_node={nproc}", "-m", "cct", *_without_nproc(args.argv)],
+                               env={**os.environ, **threads})
     if args.resume:
         return _train_run(saved, resume=True)
     if args.config:

@@ -71,12 +71,16 @@ def test_two_gloo_processes_match_one_process_on_the_global_batch(tmp_path):
     assert (rank0["head.weight"] - initial["head.weight"]).abs().max() > 1e-3  # the weights did train
 
 
-def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch):
+def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch, capfd):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     monkeypatch.setenv("PYTHONPATH", os.getcwd())
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     code = main(["train", "--nproc", "2", "--model", "cct_2_3x2_32", "--dataset", str(data), "--epochs", "1",
                  "--batch-size", "4", "--val-size", "4", "--out", str(tmp_path / "run")])
     assert code == 0
+    # torchrun's banner "Setting OMP_NUM_THREADS environment variable for each process to be 1 ...": the ranks set
+    # their threads themselves
+    assert "OMP_NUM_THREADS" not in "".join(capfd.readouterr())
     assert (tmp_path / "run" / "test.json").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
     # the run's config trains it again in as many processes, epoch for epoch
