@@ -49,6 +49,12 @@ def test_explain_writes_a_png(tmp_path, capsys):
     # any other name is a folder (it wrote a PNG named "maps", or over a checkpoint named with --out)
     assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(tmp_path / "maps")]) == 0
     assert [p.name for p in (tmp_path / "maps").iterdir()] == ["photo.explain.png"]
+    # a .png for several images, or a folder of them, was made a folder named like a PNG
+    for images in ([str(image), str(image)], [str(tmp_path / "maps")]):
+        assert main(["explain", "-c", str(checkpoint), *images, "--out", str(tmp_path / "all.png")]) == 1
+        assert capsys.readouterr().err == f"cct: error: --out {tmp_path / 'all.png'}: one .png for several images; " \
+                                          "give a folder\n"
+    assert not (tmp_path / "all.png").exists()
 
 
 def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys):

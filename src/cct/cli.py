@@ -255,8 +255,9 @@ def _explain(args: argparse.Namespace) -> int:
 
     failures = []
     images = _image_files(args.images, failures)
-    one_file = (args.out and Path(args.out).suffix.lower() == ".png" and len(args.images) == 1
-                and not Path(args.images[0]).is_dir())
+    one_file = args.out and Path(args.out).suffix.lower() == ".png"
+    if one_file and (len(args.images) > 1 or Path(args.images[0]).is_dir()):
+        raise CCTError(f"--out {args.out}: one .png for several images; give a folder")
     outs = {}  # an image given twice (itself and in its folder) is explained once
     for image, name in images:
         outs.setdefault(image, Path(args.out) if one_file else Path(args.out or "") / name.with_suffix(".explain.png"))
