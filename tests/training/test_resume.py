@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,24 @@ def test_resume_needs_a_run_folder(tmp_path, capsys):
         assert main(["train", option, str(tmp_path / "best.safetensors"), "--out", str(tmp_path / "x")]) == 1
         assert capsys.readouterr().err == f"cct: error: {tmp_path / 'best.safetensors'}: a file, not a run folder " \
                                           "or a run's config.json\n"
+
+
+def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch):
+    # `cct train --resume COPY` read and wrote the folder the run was made in (its config's "out"), relative to
+    # the working directory of the time
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--val-size", "0", "--epochs", "1",
+                 "--out", "first"]) == 0
+    original = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "first").iterdir()}
+    shutil.copytree(tmp_path / "first", tmp_path / "elsewhere" / "second")
+    (tmp_path / "elsewhere" / "second" / "test.json").unlink()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--resume", "second"]) == 0
+    assert (tmp_path / "elsewhere" / "second" / "test.json").is_file()
+    assert json.loads((tmp_path / "elsewhere" / "second" / "config.json").read_text())["out"] == "second"
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "first").iterdir()} == original
+    assert not (tmp_path / "elsewhere" / "first").exists()
 
 
 def test_ctrl_c_says_how_to_continue_the_run(tmp_path):

@@ -61,7 +61,7 @@ class RunConfig:
     @classmethod
     def from_run(cls, source: str | Path) -> "RunConfig":
         """The config saved in a run folder (or a config.json file as it saves them), to resume that run or train
-        anew with it."""
+        anew with it; its `out` is the folder it was read from, wherever the run was made."""
         path = Path(source) if Path(source).suffix == ".json" else Path(source) / "config.json"
         if Path(source).is_file() and path != Path(source):
             raise CCTError(f"{source}: a file, not a run folder or a run's config.json")
@@ -70,7 +70,8 @@ class RunConfig:
             if isinstance(data, dict) and "library_name" in data:  # what `cct card` writes
                 raise CCTError(f"{path}: a model card's config, not a run's (the card's README.md gives the "
                                "`cct train` command that trains it)")
-            return cls(**{**data, "recipe": Recipe.from_dict(data["recipe"]), "runtime": Runtime(**data["runtime"])})
+            return cls(**{**data, "out": str(path.parent), "recipe": Recipe.from_dict(data["recipe"]),
+                          "runtime": Runtime(**data["runtime"])})
         except FileNotFoundError:
             raise CCTError(f"{path}: no such file (not a run folder)") from None
         except (ValueError, TypeError, KeyError) as e:
