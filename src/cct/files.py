@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Iterator
 
 from .errors import CCTError
 
@@ -48,20 +49,20 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.remove(tmp)
 
 
-def lock_run_folder(folder: Path) -> BinaryIO | None:
-    """Lock `folder`/.lock for this process until the returned file is closed (or the process ends): a second
-    process training into the same run folder (a `--resume` while the run still goes on) gets a CCTError
-    before it writes anything, instead of both overwriting its checkpoints. None where fcntl is missing
-    (Windows), which locks nothing."""
+@contextmanager
+def lock_run_folder(folder: Path) -> Iterator[None]:
+    """Hold `folder`/.lock for this process while in the context: a second process training into the same run
+    folder (a `--resume` while the run still goes on) gets a CCTError before it writes anything, instead of both
+    overwriting its checkpoints. Locks nothing where fcntl is missing (Windows)."""
     try:
         import fcntl
     except ImportError:
-        return None
-    lock = open(folder / ".lock", "ab")
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise CCTError(f"{folder}: another process is training into this run folder; wait for it to end, or "
-                       "stop it") from None
-    return lock
+        yield
+        return
+    with open(folder / ".lock", "ab") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CCTError(f"{folder}: another process is training into this run folder; wait for it to end, or "
+                           "stop it") from None
+        yield

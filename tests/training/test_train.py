@@ -335,10 +335,16 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         with torch.no_grad():
             model.head.weight.fill_(float("inf"))
 
-    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 2 \(step 5\)"):
+    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 2 \(step 5\)") as failed:
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(), out=str(out)),
               on_epoch_end=poison_after_the_first_epoch)
     assert {name: (out / name).read_bytes() for name in saved} == saved
+    # while the error is kept (as a notebook keeps the last one), another process resumes the run: the failed run
+    # held the folder's lock until its traceback was freed ("another process is training into this run folder")
+    resumed = subprocess.run([sys.executable, "-m", "cct", "train", "--resume", str(out)], capture_output=True,
+                             text=True)
+    assert failed.value is not None and resumed.returncode == 0, resumed.stderr
+    assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 2
 
 
 def test_training_into_a_run_folder_a_file_or_a_folder_of_other_files_is_refused_and_leaves_it_alone(tmp_path, capsys):
@@ -373,8 +379,8 @@ def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_
     out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1),
                              out=str(tmp_path / "run")))
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from cct.files import "
-                               f"lock_run_folder; lock = lock_run_folder(Path({str(out)!r})); print('held', "
-                               "flush=True); sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               f"lock_run_folder\nwith lock_run_folder(Path({str(out)!r})): print('held', flush=True); "
+                               "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     try:
         assert holder.stdout.readline() == "held\n"

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -128,6 +129,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     `resume`: continue from the run folder's state.safetensors (written at epoch ends and, with
     `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
     checkpoint (benchmarks use it)."""
+    with ExitStack() as held:  # the run folder's lock, TensorBoard writer and process group, closed however it ends
+        return _train(run, on_epoch_end, resume, held)
+
+
+def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resume: bool,
+           held: ExitStack) -> tuple[Path, Metrics | None]:
     recipe = run.recipe
     # a folder's images are resized to the model's img_size; CIFAR's are 32 x 32, and the model is built for them
     set_by_data = {"num_classes", "class_names"} | ({"img_size"} if run.dataset in CIFAR else set())
@@ -153,6 +160,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
         run.dataset = str(Path(run.dataset).resolve())
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
+    held.callback(ranks.close)
     run.processes = ranks.world
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
         runtime.device = f"cuda:{ranks.local_rank}"
@@ -206,7 +214,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     run.out = str(out)
     if ranks.main:
         make_folder(out)
-        lock = lock_run_folder(out)
+        held.enter_context(lock_run_folder(out))
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
@@ -216,7 +224,7 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             held = "" if run.init_from == source.config.name else f" ({source.config.name})"
             print(f"starting from the weights of {run.init_from}{held}: {'; '.join(changed) or 'all of them'}")
 
-    board = summary_writer(str(out / "tensorboard")) if summary_writer and ranks.main else None
+    board = held.enter_context(summary_writer(str(out / "tensorboard"))) if summary_writer and ranks.main else None
     state_path = out / "state.safetensors"
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
     order = None
@@ -309,7 +317,6 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
             on_epoch_end(epoch, evaluated)
 
     if not ranks.main:
-        ranks.close()
         return out, None
     plot_training_curves(rows, out / "training-curves.png")
     model, header = load_checkpoint(out / "best.safetensors", device)
@@ -321,12 +328,8 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     if board:
         board.add_scalar("test/top1", result.top1, summary["best_epoch"])
         board.add_scalar("test/top5", result.top5, summary["best_epoch"])
-        board.close()
     chosen = f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%})" if len(val_set) else "last epoch"
     print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
-    if lock:
-        lock.close()
-    ranks.close()
     return out, result
 
 
