@@ -1,10 +1,11 @@
 import json
+import shutil
 
 import pytest
 import torch
 
 import cct
-from cct.cli import _read_images, main
+from cct.cli import DEFAULT_MODEL, _read_images, main
 from cct.inference import Classifier
 from cct.training import load_checkpoint, save_checkpoint
 from tests.conftest import write_cifar10_archive
@@ -203,6 +204,19 @@ def test_a_closed_pipe_ends_quietly():
     assert process.stderr.read() == b""
 
 
+def test_evaluate_names_the_confusion_matrix_of_a_folder_dataset_after_the_folder(tmp_path, monkeypatch, capsys):
+    # `cct evaluate --dataset ./photos/` wrote "cct_4_3x2_32-./photos/-confusion.png": into new folders
+    # "cct_4_3x2_32-." and "cct_4_3x2_32-./photos"
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "test"):
+        for i, name in enumerate(cct.from_pretrained(DEFAULT_MODEL).config.class_names):
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            write_image(tmp_path / "photos" / split / name / "0.png", (32, 32), seed=i)
+    assert main(["evaluate", "--dataset", "./photos/"]) == 0
+    assert capsys.readouterr().out.endswith(f"confusion matrix: {DEFAULT_MODEL}-photos-confusion.png\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{DEFAULT_MODEL}-photos-confusion.png", "photos"]
+
+
 def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     from cct.evaluation import evaluate_saved
     from cct.data import load_dataset
@@ -219,7 +233,12 @@ def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     assert printed["images"] == 12 and printed["top1"] == pytest.approx(expected.top1)
     assert printed["per_class"] == pytest.approx(dict(zip(("blue", "red"), expected.per_class)))
     assert printed["confusion"] == expected.confusion.tolist() and sum(map(sum, printed["confusion"])) == 12
-    assert printed["confusion_png"] == str(tmp_path / "m-confusion.png") and (tmp_path / "m-confusion.png").is_file()
+    assert printed["confusion_png"] == str(tmp_path / "m-colors-confusion.png")
+    # another dataset's matrix goes beside it (it overwrote the first)
+    shutil.copytree(data, tmp_path / "colors-copy")
+    assert main(["evaluate", "-c", str(path), "--dataset", str(tmp_path / "colors-copy")]) == 0
+    assert capsys.readouterr().out.endswith(f"confusion matrix: {tmp_path / 'm-colors-copy-confusion.png'}\n")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["m-colors-confusion.png", "m-colors-copy-confusion.png"]
     figure = tmp_path / "figures" / "new" / "cm.png"  # --out in a folder not made yet, as explain's (it failed)
     assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--out", str(figure)]) == 0
     assert capsys.readouterr().out.endswith(f"confusion matrix: {figure}\n") and figure.is_file()

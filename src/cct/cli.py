@@ -151,8 +151,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         i, a, b = named_apart[0]
         raise CCTError(f"{path}: the model's classes are not {dataset}'s (class {i}: the model's '{a}', "
                        f"{dataset}'s '{b}')")
-    out = _output_file(args.out or (path.with_name(path.stem + "-confusion.png") if args.checkpoint
-                                    else f"{model.config.name}-{dataset}-confusion.png"), ".png")
+    named = Path(dataset).resolve().name  # "cifar10", or the folder's name
+    out = _output_file(args.out or (path.with_name(f"{path.stem}-{named}-confusion.png") if args.checkpoint
+                                    else f"{model.config.name}-{named}-confusion.png"), ".png")
     result = evaluate_saved(model, header, test)
     plot_confusion_matrix(result.confusion, test.classes, out,
                           f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
@@ -416,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", help="where CIFAR lives (default: the run's, else ./data)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="the confusion matrix, a .png file (default: beside the checkpoint)")
+    p.add_argument("--out", help="the confusion matrix, a .png file (default: CHECKPOINT-DATASET-confusion.png beside "
+                   "the checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of a table")
     p.set_defaults(func=_evaluate)
 

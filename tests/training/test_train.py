@@ -222,7 +222,7 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
     assert main(["evaluate", "-c", str(out), "--data-dir", str(cifar10_dir)]) == 0
     printed = capsys.readouterr().out
     assert "on cifar10 test (10,000 images): top-1" in printed and "  truck" in printed
-    assert Image.open(out / "best-confusion.png").format == "PNG"
+    assert Image.open(out / "best-cifar10-confusion.png").format == "PNG"
 
     # a real test image, written as a file of another size and mode, is predicted as training saw it
     _, test_set = cct.data.load_cifar("cifar10", cifar10_dir, download_missing=False)
