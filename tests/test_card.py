@@ -75,6 +75,24 @@ def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
         assert words in (out / "card" / "README.md").read_text()
 
 
+def test_a_card_of_a_run_whose_dataset_moved_reads_it_from_its_new_place(tmp_path, capsys):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=replace(RECIPES["small-cpu"], epochs=1,
+                             val_size=0), out=str(tmp_path / "run")))
+    moved = data.rename(tmp_path / "colors-moved")
+    assert main(["card", str(out)]) == 1  # it was "unknown dataset '.../colors': not one of cifar10, cifar100 ..."
+    assert capsys.readouterr().err == f"cct: error: {data}: no such folder, the dataset {out} was trained on (moved? " \
+                                      "give its new place with --dataset)\n"
+    assert main(["card", str(out), "--dataset", str(moved)]) == 0
+    card = json.loads((out / "card" / "config.json").read_text())
+    assert card["dataset"] == "colors-moved" and card["results"]["test_images"] == 16
+    (moved / "test" / "red").rename(moved / "test" / "rot")
+    (moved / "train" / "red").rename(moved / "train" / "rot")
+    assert main(["card", str(out), "--dataset", str(moved)]) == 1
+    assert capsys.readouterr().err.endswith(f"the model's classes are not {moved}'s (class 1: the model's 'red', "
+                                            f"{moved}'s 'rot')\n")
+
+
 def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     card = tmp_path / "card"
     assert main(["card", str(run), "--out", str(card)]) == 0

@@ -138,7 +138,13 @@ def test_bad_model_args_fail_before_touching_data(tmp_path, monkeypatch, capsys)
 
 
 def test_unknown_dataset(tmp_path, capsys):
-    _fails_with(["train", "--dataset", str(tmp_path / "nope")], capsys, "unknown dataset")
+    # each was "unknown dataset 'X': not one of cifar10, cifar100 and not a folder with train/ and test/ ..."
+    for name in (str(tmp_path / "nope"), "cifar-10"):
+        _fails_with(["train", "--dataset", name], capsys, f"{name}: no such folder, nor a dataset name (cifar10, "
+                    "cifar100)")
+    (tmp_path / "empty").mkdir()
+    _fails_with(["train", "--dataset", str(tmp_path / "empty")], capsys, f"{tmp_path / 'empty'}: not a dataset folder "
+                f"(expected {tmp_path / 'empty'}/train/<class>/<image> and {tmp_path / 'empty'}/test/<class>/<image>)")
     (tmp_path / "photos" / "cats").mkdir(parents=True)  # class folders, but no train/ and test/
     _fails_with(["train", "--dataset", str(tmp_path / "photos")], capsys, f"{tmp_path / 'photos'}: a folder of class "
                 "folders, without train/ and test/: hold a share of each class's images out as test/<class>/")
@@ -179,8 +185,11 @@ def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):
     _fails_with(["evaluate", "-c", str(two), "--dataset", str(data)], capsys,
                 f"the model's classes are not {data}'s (class 1: the model's 'green', {data}'s 'red')")
     same = save_checkpoint(tmp_path / "same.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2,
-                                                                           class_names=("blue", "red")))
+                                                                           class_names=("blue", "red")),
+                           {"dataset": str(tmp_path / "moved-away")})
     assert main(["evaluate", "-c", str(same), "--dataset", str(data)]) == 0
+    _fails_with(["evaluate", "-c", str(same)], capsys, f"{tmp_path / 'moved-away'}: no such folder, the dataset "
+                f"{same} was trained on (moved? give its new place with --dataset)")
 
 
 def test_python_m_cct_runs_the_cli():

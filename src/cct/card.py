@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import load_dataset
+from .data.datasets import recorded_dataset, require_classes
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
 from .files import make_folder, temporary_path
@@ -24,14 +25,16 @@ FIGURES = {"curves": "training-curves.png", "architecture": "architecture.png", 
 CARD_FILES = {"README.md", "config.json", "model.safetensors", *FIGURES.values()}
 
 
-def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = None) -> Path:
-    """Evaluate the run's best checkpoint on its dataset's test split (found in `data_dir`, by default the
-    run's own) and write the card folder `out` (replaced as a whole: a failure leaves any previous card
-    untouched). An `out` that holds anything else than a card is refused, so no run or other folder is lost."""
+def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = None,
+               dataset: str | Path | None = None) -> Path:
+    """Evaluate the run's best checkpoint on its dataset's test split (CIFAR found in `data_dir`, by default the
+    run's own; a dataset folder at `dataset`, by default where the run found it) and write the card folder `out`
+    (replaced as a whole: a failure leaves any previous card untouched). An `out` that holds anything else than a card is refused, so no run or other folder is lost."""
     run, out = Path(run), Path(out)
     if (out.is_dir() and not {p.name for p in out.iterdir()} <= CARD_FILES) or (out.exists() and not out.is_dir()):
         raise CCTError(f"{out}: not a card folder, which a card would replace; choose another --out")
     config = RunConfig.from_run(run)
+    config.dataset = str(dataset or recorded_dataset(config.dataset, run))
     metrics_path = run / "metrics.csv"
     if not metrics_path.is_file():
         raise CCTError(f"{metrics_path}: no such file (the run has not finished an epoch)")
@@ -40,6 +43,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     model, header = load_checkpoint(run / "best.safetensors")
     train_all, test = load_dataset(config.dataset, data_dir or config.data_dir, model.config.img_size,
                                    model.config.in_chans)
+    require_classes(model.config, test, config.dataset, run)
     result = evaluate_saved(model, header, test)
 
     make_folder(out.parent)

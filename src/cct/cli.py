@@ -40,16 +40,20 @@ def _models(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime, available_cpus, resolve_device
+    from .data.datasets import recorded_dataset
     from .training import OPTION_FIELDS, RunConfig, get_recipe
     from .training.distributed import require_gpus
 
     source = args.resume or args.config  # a run whose whole config is taken
     saved = RunConfig.from_run(source) if source else None
     if saved:
-        others = _options_given(args, {"nproc"} | ({"out"} if args.config else set()))
+        # a resumed run's data may have moved: --dataset and --data-dir say where it is now
+        given = _options_given(args)
+        others = [key for key in given if key not in {"nproc"} | ({"dataset", "data_dir"} if args.resume else
+                                                                {"out"} if args.config else set())]
         if others:
             raise CCTError(f"{'--resume' if args.resume else '--config'} takes the whole config of {source}; "
-                           f"{', '.join(others)} cannot go with it"
+                           f"{', '.join('--' + key.replace('_', '-') for key in others)} cannot go with it"
                            + (" (edit a copy of its config.json to change it)" if args.config else ""))
     launched = "LOCAL_RANK" in os.environ  # a rank that torchrun started
     nproc = args.nproc or (saved.processes if saved and not launched else 1)
@@ -62,7 +66,10 @@ def _train(args: argparse.Namespace) -> None:
                                 f"--nproc_per_node={nproc}", "-m", "cct", *_without_nproc(args.argv)],
                                env={**os.environ, **threads})
     if args.resume:
-        return _train_run(saved, resume=True)
+        moved = {key: getattr(args, key) for key in ("dataset", "data_dir") if key in given}
+        if "dataset" not in moved:
+            recorded_dataset(saved.dataset, source)
+        return _train_run(replace(saved, **moved), resume=True)
     if args.config:
         return _train_run(replace(saved, out=args.out, model_config={}))
     overrides = {field: getattr(args, field) for field in OPTION_FIELDS}
@@ -101,11 +108,11 @@ def _recipes(args: argparse.Namespace) -> None:
             print(f"  {key:<20} {value}")
 
 
-def _options_given(args: argparse.Namespace, allowed: set[str]) -> list[str]:
-    """The `cct train` options of `args` that differ from their defaults, but for `allowed` ones (by dest)."""
+def _options_given(args: argparse.Namespace) -> list[str]:
+    """The `cct train` options of `args` (by dest) that differ from their defaults, but --resume and --config."""
     defaults = vars(build_parser().parse_args(["train"]))  # with `func` and `usage_error`, callables, not options
-    return [f"--{key.replace('_', '-')}" for key, default in defaults.items()
-            if key not in allowed | {"resume", "config"} and not callable(default) and getattr(args, key) != default]
+    return [key for key, default in defaults.items()
+            if key not in {"resume", "config"} and not callable(default) and getattr(args, key) != default]
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -134,23 +141,18 @@ def _model_path(args: argparse.Namespace) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import class_accuracy, evaluate_saved
     from .data import load_dataset
+    from .data.datasets import recorded_dataset, require_classes
     from .plots import plot_confusion_matrix
     from .training import load_checkpoint
 
     path = _model_path(args)
     model, header = load_checkpoint(path, args.device)
-    dataset = args.dataset or header["info"].get("dataset")
-    if not dataset:
+    if not (args.dataset or header["info"].get("dataset")):
         raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
+    dataset = args.dataset or recorded_dataset(header["info"]["dataset"], path)
     (test,) = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
                            model.config.in_chans, splits=("test",))
-    if len(test.classes) != model.config.num_classes:
-        raise CCTError(f"{path}: the model has {model.config.num_classes} classes, {dataset} has {len(test.classes)}")
-    named_apart = [(i, a, b) for i, (a, b) in enumerate(zip(model.config.class_names, test.classes)) if a != b]
-    if named_apart:
-        i, a, b = named_apart[0]
-        raise CCTError(f"{path}: the model's classes are not {dataset}'s (class {i}: the model's '{a}', "
-                       f"{dataset}'s '{b}')")
+    require_classes(model.config, test, dataset, path)
     named = Path(dataset).resolve().name  # "cifar10", or the folder's name
     out = _output_file(args.out or (path.with_name(f"{path.stem}-{named}-confusion.png") if args.checkpoint
                                     else f"{model.config.name}-{named}-confusion.png"), ".png")
@@ -305,7 +307,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _card(args: argparse.Namespace) -> None:
     from .card import write_card
 
-    out = write_card(args.run, args.out or Path(args.run) / "card", args.data_dir)
+    out = write_card(args.run, args.out or Path(args.run) / "card", args.data_dir, args.dataset)
     print(f"{args.run} -> {out}")
 
 
@@ -407,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log the metrics for TensorBoard in RUN/tensorboard (needs the tensorboard extra)")
     saved = p.add_mutually_exclusive_group()
     saved.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN from its last saved state, "
-                       "with its own config")
+                       "with its own config (--dataset or --data-dir: where its data lives now, if moved)")
     saved.add_argument("--config", metavar="RUN", help="train anew with the whole config of RUN (a run folder or "
                        "a config.json: model, data, recipe, runtime), into --out")
     p.set_defaults(func=_train)
@@ -456,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("card", help="write a model card folder (config.json, model.safetensors, README.md) "
                             "for a finished run, with its test results")
     p.add_argument("run", help="a run folder")
-    p.add_argument("--data-dir", help="where the run's dataset lives, for the test results (default: the run's)")
+    p.add_argument("--dataset", help="where the run's dataset folder lives now, for the test results (default: "
+                   "where the run found it)")
+    p.add_argument("--data-dir", help="where the run's CIFAR lives, for the test results (default: the run's)")
     p.add_argument("--out", help="card folder to write (default: RUN/card)")
     p.set_defaults(func=_card)
 

@@ -1,5 +1,6 @@
 """Kill a training run mid-epoch with SIGKILL, resume it, and get the very weights of a run never stopped."""
 
+import csv
 import json
 import os
 import shutil
@@ -7,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from cct.cli import main
-from cct.training import load_checkpoint
+from cct.training import RECIPES, RunConfig, load_checkpoint, train
 from tests.helpers import write_color_dataset
 
 TRAIN = """
@@ -97,6 +100,37 @@ def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "elsewhere" / "second" / "config.json").read_text())["out"] == "second"
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "first").iterdir()} == original
     assert not (tmp_path / "elsewhere" / "first").exists()
+
+
+def test_a_run_whose_dataset_moved_resumes_with_its_new_place_and_refuses_other_classes(tmp_path, capsys):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    run = tmp_path / "run"
+
+    def stop(epoch, model):
+        raise InterruptedError
+
+    with pytest.raises(InterruptedError):
+        train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=replace(RECIPES["small-cpu"], epochs=2,
+                        batch_size=8, val_size=4), out=str(run)), on_epoch_end=stop)
+    moved = data.rename(tmp_path / "colors-moved")
+    # it was "unknown dataset '.../colors': not one of cifar10, cifar100 and not a folder ...", with no way to go on
+    assert main(["train", "--resume", str(run)]) == 1
+    assert capsys.readouterr().err == f"cct: error: {data}: no such folder, the dataset {run} was trained on (moved? " \
+                                      "give its new place with --dataset)\n"
+    # a class added or renamed: a traceback (size mismatch for head.weight), or labels read as the old classes
+    (moved / "train" / "red").rename(moved / "train" / "rot")
+    (moved / "test" / "red").rename(moved / "test" / "rot")
+    assert main(["train", "--resume", str(run), "--dataset", str(moved)]) == 1
+    assert capsys.readouterr().err == f"cct: error: {run}: the model's classes are not {moved}'s (class 1: the " \
+                                      f"model's 'red', {moved}'s 'rot')\n"
+    (moved / "train" / "rot").rename(moved / "train" / "red")
+    (moved / "test" / "rot").rename(moved / "test" / "red")
+    assert main(["train", "--resume", str(run), "--dataset", str(moved)]) == 0
+    assert "resuming at epoch 2, step 0" in capsys.readouterr().out
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 2
+    assert RunConfig.from_run(run).dataset == str(moved)  # evaluate, card and a later resume find it there
+    assert main(["train", "--resume", str(run), "--model", "cct_7_3x1_32"]) == 1
+    assert capsys.readouterr().err.endswith("--model cannot go with it\n")
 
 
 def test_ctrl_c_says_how_to_continue_the_run(tmp_path):

@@ -6,6 +6,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from tqdm import tqdm
 from ..errors import CCTError
 from .download import download, extract
 from .images import IMAGE_SUFFIXES, check_channels, image_files, load_images
+
+if TYPE_CHECKING:
+    from ..models import CCTConfig
 
 
 @dataclass
@@ -204,8 +208,10 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
         if root.is_dir() and _subfolders(root):
             raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
                            "class's images out as test/<class>/, and move the rest to train/<class>/")
-        raise CCTError(f"unknown dataset '{name}': not one of {', '.join(CIFAR)} and not a folder with train/ and "
-                       "test/ subfolders of class folders")
+        if not root.exists():
+            raise CCTError(f"{name}: no such folder, nor a dataset name ({', '.join(CIFAR)})")
+        raise CCTError(f"{name}: not a dataset folder (expected {name}/train/<class>/<image> and "
+                       f"{name}/test/<class>/<image>)")
     train, test = class_folders(root / "train"), class_folders(root / "test")
     if train != test:
         differ = (("train", set(train) - set(test)), ("test", set(test) - set(train)))
@@ -215,3 +221,23 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
         raise CCTError(f"{root}: one class folder ({train[0]}); a classifier needs two or more")
     loaded = [load_image_folder(root / split, img_size, channels) for split in splits]
     return tuple(data.shuffled() if split == "train" else data for split, data in zip(splits, loaded))
+
+
+def recorded_dataset(name: str, trained: str | Path) -> str:
+    """`name`, the dataset that `trained` (a run folder or checkpoint) records it was trained on; a folder that is no
+    longer there is a CCTError saying how to give its new place."""
+    if name not in CIFAR and not Path(name).exists():
+        raise CCTError(f"{name}: no such folder, the dataset {trained} was trained on (moved? give its new place with "
+                       "--dataset)")
+    return name
+
+
+def require_classes(model: CCTConfig, data: ImageTensors, name: str, owner: str | Path) -> None:
+    """`data` (read from the dataset `name`) must have the classes of the `model` of `owner`, in that order (where
+    the model names them): a model scored or trained on other classes takes class i for its own class i."""
+    if len(data.classes) != model.num_classes:
+        raise CCTError(f"{owner}: the model has {model.num_classes} classes, {name} has {len(data.classes)}")
+    named_apart = [(i, a, b) for i, (a, b) in enumerate(zip(model.class_names, data.classes)) if a != b]
+    if named_apart:
+        i, a, b = named_apart[0]
+        raise CCTError(f"{owner}: the model's classes are not {name}'s (class {i}: the model's '{a}', {name}'s '{b}')")

@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
+from ..data.datasets import require_classes
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write, lock_run_folder, make_folder
@@ -172,6 +173,8 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     # data: the last `val_size` training images validate (0: none, every epoch is kept as the best); all of it
     # stays in memory as uint8
     train_all, test = load_dataset(run.dataset, run.data_dir, config.img_size, config.in_chans)
+    if resume:
+        require_classes(config, train_all, run.dataset, run.out)
     if recipe.val_size >= len(train_all):
         raise CCTError(f"val_size {recipe.val_size}: must leave training images (the set has {len(train_all)}; "
                        f"set --val-size, e.g. {len(train_all) // 10} for a tenth, or 0 for none)")
