@@ -137,11 +137,13 @@ def test_ctrl_c_says_how_to_continue_the_run(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=64)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    process = subprocess.Popen([sys.executable, "-m", "cct", "train", "--model", "cct_2_3x2_32", "--dataset",
+    # `cct train`, taking Ctrl-C as a terminal's command does: a shell's background jobs ignore SIGINT, and so
+    # would the run (as CI starts it); set in the child itself, as Python code between fork and exec may deadlock
+    cct_train = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from cct.cli import main; " \
+                "raise SystemExit(main())"
+    process = subprocess.Popen([sys.executable, "-c", cct_train, "train", "--model", "cct_2_3x2_32", "--dataset",
                                 str(data), "--val-size", "8", "--batch-size", "8", "--epochs", "100", "--out",
-                                str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               # a shell's background jobs ignore SIGINT, and so would the run (as CI starts it)
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while _progress(run / "state.safetensors") is None and time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before it could be interrupted"
