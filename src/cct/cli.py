@@ -353,6 +353,10 @@ def _add_model_source(p: argparse.ArgumentParser) -> None:
                         help=f"bundled CIFAR-10 weights of MODEL (see `cct models`; without either option: {DEFAULT_MODEL})")
 
 
+def _add_inference_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, mps or auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cct", description="Compact Convolutional Transformers")
     parser.add_argument("--version", action="version", version=f"cct {__version__}")
@@ -418,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p)
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", help="where CIFAR lives (default: the run's, else ./data)")
-    p.add_argument("--device", default="cpu")
+    _add_inference_device(p)
     p.add_argument("--out", help="the confusion matrix, a .png file (default: CHECKPOINT-DATASET-confusion.png beside "
                    "the checkpoint)")
     p.add_argument("--json", action="store_true", help="print JSON (with the confusion matrix) instead of a table")
@@ -427,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("predict", help="top-k classes of image files")
     p.add_argument("images", nargs="+", help="image files, or folders of them (searched below too)")
     _add_model_source(p)
-    p.add_argument("--top-k", type=integer_in(1), default=5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=integer_in(1), default=5, help="how many classes to show (default: 5)")
+    _add_inference_device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_predict)
 
@@ -437,22 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p)
     p.add_argument("--out", help="a .png file to write for one image file, else the folder to write "
                    "<image name>.explain.png in (default: here)")
-    p.add_argument("--device", default="cpu")
+    _add_inference_device(p)
     p.set_defaults(func=_explain)
 
     p = commands.add_parser("export", help="export a checkpoint for deployment (ONNX, dynamic batch size)")
     _add_model_source(p)
     p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", help="the .onnx file to write (default: beside the checkpoint)")
+    p.add_argument("--out", help="the .onnx file to write (default: beside the checkpoint; for bundled "
+                   "weights, MODEL.onnx here)")
     p.set_defaults(func=_export)
 
     p = commands.add_parser("serve", help="a JSON API and a web page for a model, on loopback")
     _add_model_source(p)
-    p.add_argument("--port", type=integer_in(0, 65535), default=8000)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-upload-mb", type=integer_in(1), default=10)
-    p.add_argument("--max-concurrent", type=integer_in(1), default=4, help="predictions at once; others wait")
+    p.add_argument("--port", type=integer_in(0, 65535), default=8000, help="default: 8000; 0: any free port")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine "
+                   "only; 0.0.0.0: every network)")
+    _add_inference_device(p)
+    p.add_argument("--max-upload-mb", type=integer_in(1), default=10, help="the largest upload taken, in MB "
+                   "(default: 10)")
+    p.add_argument("--max-concurrent", type=integer_in(1), default=4, help="predictions at once; others wait "
+                   "(default: 4)")
     p.set_defaults(func=_serve)
 
     p = commands.add_parser("card", help="write a model card folder (config.json, model.safetensors, README.md) "
