@@ -335,7 +335,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
         with torch.no_grad():
             model.head.weight.fill_(float("inf"))
 
-    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 2 \(step 5\)") as failed:
+    with pytest.raises(cct.CCTError, match=r"the loss became (nan|inf) in epoch 2 \(step 5\); stopped, "
+                       f"keeping the last good checkpoints in {re.escape(str(out))} ") as failed:
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(), out=str(out)),
               on_epoch_end=poison_after_the_first_epoch)
     assert {name: (out / name).read_bytes() for name in saved} == saved
@@ -397,13 +398,21 @@ def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_
     assert len(list(csv.DictReader((out / "metrics.csv").open()))) == 2
 
 
-def test_a_run_that_failed_before_its_first_epoch_ended_can_be_started_again(tmp_path):
+def test_a_run_that_failed_before_its_first_epoch_ended_can_be_started_again(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors")
     out = tmp_path / "run"
-    with pytest.raises(cct.CCTError, match="the loss became"):
+    # it said "keeping the last good checkpoints in RUN" of a folder without any
+    with pytest.raises(cct.CCTError, match=r"^the loss became nan in epoch 1 \(step 5\); stopped before the first "
+                       r"checkpoint \(try a lower --lr\)$"):
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1, lr=1e300),
                         out=str(out)))
     assert sorted(path.name for path in out.iterdir()) == [".lock", "config.json"]
+    capsys.readouterr()
+    # it printed the whole config and the model, then "RUN/state.safetensors: no training state to resume from"
+    assert main(["train", "--resume", str(out)]) == 1
+    assert capsys.readouterr() == ("", f"cct: error: {out}: no training state to resume from (the run stopped before "
+                                       f"its first epoch ended); start it again with `cct train --config {out} --out "
+                                       f"{out}`\n")
     _, result = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(epochs=1), out=str(out)))
     assert result is not None and (out / "best.safetensors").exists()
 

@@ -154,6 +154,9 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         config = model_config(run.model, **model_overrides)
     if run.out and not resume:
         _check_new_run_folder(Path(run.out))
+    if resume and not (Path(run.out) / "state.safetensors").is_file():
+        raise CCTError(f"{run.out}: no training state to resume from (the run stopped before its first epoch ended); "
+                       f"start it again with `cct train --config {run.out} --out {run.out}`")
     summary_writer = _summary_writer() if run.tensorboard else None
     # recorded absolute, so that evaluate, card and resume find the data from any working directory
     run.data_dir = str(Path(run.data_dir).resolve())
@@ -232,8 +235,6 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
     order = None
     if resume:
-        if not state_path.is_file():
-            raise CCTError(f"{state_path}: no training state to resume from")
         progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator, ema)
         if ranks.main:
             print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
@@ -382,8 +383,9 @@ def _summary_writer():
 
 def _stop_unless_finite(loss: float, where: str, out: Path) -> None:
     if not math.isfinite(loss):
-        raise CCTError(f"the loss became {loss} in {where}; stopped, keeping the last good checkpoints in {out} "
-                       "(try a lower --lr)")
+        kept = (f", keeping the last good checkpoints in {out}" if (out / "last.safetensors").is_file() else
+                " before the first checkpoint")
+        raise CCTError(f"the loss became {loss} in {where}; stopped{kept} (try a lower --lr)")
 
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
