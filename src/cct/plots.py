@@ -44,13 +44,13 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
     """Row-normalised confusion matrix (true class down, predicted across) with the counts written in."""
     n = len(classes)
     rates = (confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
-    size = max(5.0, 0.5 * n)
+    size = max(5.0, 0.5 * min(n, 20))  # beyond 20 classes a cell shrinks instead: no names, no counts
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ticks = range(n)
-    ax.set_xticks(ticks, classes if n <= 20 else [""] * n, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes if n <= 20 else [""] * n)
+    ticks = range(n) if n <= 20 else []
+    ax.set_xticks(ticks, classes[:len(ticks)], rotation=45, ha="right")
+    ax.set_yticks(ticks, classes[:len(ticks)])
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= 20:
         for i in range(n):
