@@ -167,6 +167,18 @@ def test_folder_dataset_names_its_class_folders_without_images_before_decoding_a
         load_image_folder(tmp_path, 32)
 
 
+def test_a_folder_dataset_that_cannot_fit_in_memory_is_refused_before_decoding_any(tmp_path):
+    # the whole set is held as uint8: more than the memory there is went on until the system killed the process
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        write_image(tmp_path / cls / "0.png", (32, 32))
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"text")
+    with pytest.raises(CCTError, match=rf"^{tmp_path}: 3 images of 3x1000000x1000000 take 9,000.0 GB as uint8, twice that "
+                       r"while loading; \d+\.\d GB of memory are free \(train at a smaller img_size, or on fewer "
+                       r"images\)$"):
+        load_image_folder(tmp_path, 1_000_000)
+
+
 def test_folder_dataset_names_the_classes_train_and_test_do_not_share(tmp_path):
     for split, classes in (("train", ["cats", "dogs", "owls"]), ("test", ["cats", "dogs", "horses"])):
         for cls in classes:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psutil
 import torch
 from tqdm import tqdm
 
@@ -170,20 +172,25 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class "
                        f"folder{'s' * (len(empty) > 1)} {shown}: each class needs some")
-    loaded = list(tqdm(load_images([path for path, _ in files], img_size, channels), total=len(files), unit="image",
-                       desc=f"loading {root}", leave=False, disable=None))
-    images, labels, failures = [], [], []
-    for image, (_, label) in zip(loaded, files):
+    shape = (len(files), channels, img_size, img_size)
+    size, free = math.prod(shape), psutil.virtual_memory().available
+    if 2 * size > free:
+        raise CCTError(f"{root}: {len(files):,} images of {channels}x{img_size}x{img_size} take {size / 1e9:,.1f} GB as "
+                       f"uint8, twice that while loading; {free / 1e9:,.1f} GB of memory are free (train at a smaller "
+                       "img_size, or on fewer images)")
+    images, failures = torch.empty(shape, dtype=torch.uint8), []
+    loaded = load_images([path for path, _ in files], img_size, channels)
+    for i, image in enumerate(tqdm(loaded, total=len(files), unit="image", desc=f"loading {root}", leave=False,
+                                   disable=None)):
         if isinstance(image, str):
             failures.append(image)
         else:
-            images.append(image)
-            labels.append(label)
+            images[i] = image
     if failures:
         shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
         raise CCTError(f"{root}: {len(failures)} unreadable image{'s' * (len(failures) > 1)}, fix or remove "
                        f"{'them' if len(failures) > 1 else 'it'}: {shown}")
-    return ImageTensors(torch.stack(images), torch.tensor(labels), classes)
+    return ImageTensors(images, torch.tensor([label for _, label in files]), classes)
 
 
 def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3, download_missing: bool = True,
