@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import torch
 from PIL import Image
 
@@ -11,3 +14,20 @@ def test_a_confusion_matrix_of_many_classes_keeps_a_screens_size(tmp_path):
         plot_confusion_matrix(confusion, [f"class {i}" for i in range(n)], tmp_path / f"{n}.png", f"{n} classes")
         with Image.open(tmp_path / f"{n}.png") as image:
             assert image.format == "PNG" and 700 <= image.width <= 1400 and 600 <= image.height <= 1300, image.size
+
+
+def test_drawing_figures_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    # importing the training loop switched matplotlib to Agg: a notebook's plt.show() then drew nothing
+    code = f"""
+import matplotlib
+matplotlib.use("svg")
+import torch, cct
+from cct.training import train
+from cct.plots import plot_architecture, plot_confusion_matrix
+plot_confusion_matrix(torch.tensor([[3, 1], [0, 4]]), ["cat", "dog"], {str(tmp_path / "cm.png")!r}, "cats and dogs")
+plot_architecture(cct.create_model("cct_2_3x2_32"), {str(tmp_path / "architecture.png")!r})
+print(matplotlib.get_backend())
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "svg\n"
+    for name in ("cm.png", "architecture.png"):
+        assert Image.open(tmp_path / name).format == "PNG"

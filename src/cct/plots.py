@@ -5,20 +5,18 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import torch  # noqa: E402
-
-from .files import atomic_write  # noqa: E402
+from .files import atomic_write
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
+    """Figures are made without pyplot, so no backend is chosen or changed (a notebook's stays inline)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
     atomic_write(path, buffer.getvalue())
 
 
@@ -26,7 +24,8 @@ def plot_training_curves(rows: list[dict], path: Path) -> None:
     """Loss and accuracy per epoch, train and validation (when the run had a validation set), from the rows of
     metrics.csv."""
     epochs = [int(r["epoch"]) for r in rows]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
     for split in ("train", "val") if all(r.get("val_acc") not in (None, "") for r in rows) else ("train",):
         loss_ax.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], marker=".", label=split)
         acc_ax.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], marker=".", label=split)
@@ -45,7 +44,8 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
     n = len(classes)
     rates = (confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     size = max(5.0, 0.5 * min(n, 20))  # beyond 20 classes a cell shrinks instead: no names, no counts
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     ticks = range(n) if n <= 20 else []
@@ -63,7 +63,8 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
 
 def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -> None:
     """The image beside the same image overlaid with `heat` (token weights upsampled to the image)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.3))
+    fig = Figure(figsize=(8, 4.3))
+    left, right = fig.subplots(1, 2)
     left.imshow(image, interpolation="nearest")
     left.set_title("input")
     right.imshow(image, interpolation="nearest")
@@ -101,12 +102,13 @@ def plot_architecture(model: torch.nn.Module, path: Path) -> None:
         if name == "tokenizer" and c.positional_embedding != "none":
             rows.append((f"+ {c.positional_embedding} positional embedding", "x".join(map(str, shapes[name])),
                          f"{model.pos_embed.numel():,} params" if c.positional_embedding == "learnable" else ""))
-    fig, ax = plt.subplots(figsize=(6, 0.75 * len(rows) + 0.8))
+    fig = Figure(figsize=(6, 0.75 * len(rows) + 0.8))
+    ax = fig.subplots()
     ax.set(xlim=(0, 1), ylim=(len(rows) - 0.4, -0.9))
     ax.axis("off")
     ax.set_title(f"{c.name} ({c.style} encoder blocks, {c.num_heads} heads)")
     for i, (label, shape, params) in enumerate(rows):
-        ax.add_patch(plt.Rectangle((0.05, i - 0.3), 0.9, 0.6, facecolor="#dbe9f6", edgecolor="#2b5d8a"))
+        ax.add_patch(Rectangle((0.05, i - 0.3), 0.9, 0.6, facecolor="#dbe9f6", edgecolor="#2b5d8a"))
         ax.text(0.08, i - 0.05, label, va="center", fontsize=9, weight="bold")
         ax.text(0.08, i + 0.17, f"out {shape}", va="center", fontsize=8)
         ax.text(0.92, i + 0.17, params, va="center", ha="right", fontsize=8)
