@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
 import torch
+from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from .files import atomic_write
 
+# fonts that draw Chinese, Japanese and Korean, for class names in those scripts (matplotlib's own DejaVu Sans
+# draws none of them): the installed ones follow it
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "Droid Sans Fallback", "Microsoft YaHei", "Yu Gothic", "Malgun Gothic",
+             "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS")
+
+
+@functools.cache
+def font_families() -> tuple[str, ...]:
+    """DejaVu Sans, then the installed `CJK_FONTS`, which draw the glyphs it lacks."""
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return ("DejaVu Sans", *(name for name in CJK_FONTS if name in installed))
+
 
 def _save(fig: Figure, path: Path) -> None:
-    """Figures are made without pyplot, so no backend is chosen or changed (a notebook's stays inline)."""
+    """Lay out and write `fig`. Figures are made without pyplot, so no backend is chosen or changed (a
+    notebook's stays inline), and get their fonts here, so matplotlib's settings are left as they are."""
+    for text in fig.findobj(Text):
+        text.set_fontfamily(font_families())
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     atomic_write(path, buffer.getvalue())
@@ -35,7 +55,6 @@ def plot_training_curves(rows: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     _save(fig, path)
 
 
@@ -57,7 +76,6 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
             for j in range(n):
                 ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
     _save(fig, path)
 
 
@@ -74,7 +92,6 @@ def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(title)
-    fig.tight_layout()
     _save(fig, path)
 
 
@@ -114,5 +131,4 @@ def plot_architecture(model: torch.nn.Module, path: Path) -> None:
         ax.text(0.92, i + 0.17, params, va="center", ha="right", fontsize=8)
         if i:
             ax.annotate("", (0.5, i - 0.3), (0.5, i - 0.7), arrowprops={"arrowstyle": "->"})
-    fig.tight_layout()
     _save(fig, path)
