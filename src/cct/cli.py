@@ -158,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                                     else f"{model.config.name}-{named}-confusion.png"), ".png")
     result = evaluate_saved(model, header, test)
     plot_confusion_matrix(result.confusion, test.classes, out,
-                          f"{model.config.name} on {dataset}: top-1 {result.top1:.2%}")
+                          f"{model.config.name} on {named}: top-1 {result.top1:.2%}")
     flip = bool(header["info"].get("tta_flip"))
     if args.json:
         print(json.dumps({"model": model.config.name, "dataset": dataset, "images": len(test), "tta_flip": flip,
