@@ -226,6 +226,18 @@ def test_evaluate_names_the_confusion_matrix_of_a_folder_dataset_after_the_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{DEFAULT_MODEL}-photos-confusion.png", "photos"]
 
 
+def test_json_output_keeps_class_names_and_paths_as_written(tmp_path, capsys):
+    # they came as escapes: "\\u732b" for 猫
+    names = ("猫", "犬", "Äpfel")
+    path = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=3,
+                                                                         class_names=names))
+    image = write_image(tmp_path / "写真.png", (32, 32))
+    assert main(["predict", "-c", str(path), str(image), "--top-k", "3", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed)[0]["image"] == str(image) and sorted(json.loads(printed)[0]["labels"]) == sorted(names)
+    assert all(f'"{name}"' in printed for name in names) and "写真.png" in printed
+
+
 def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     from cct.evaluation import evaluate_saved
     from cct.data import load_dataset

@@ -164,7 +164,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps({"model": model.config.name, "dataset": dataset, "images": len(test), "tta_flip": flip,
                           "top1": result.top1, "top5": result.top5, "loss": result.loss,
                           "per_class": dict(zip(test.classes, result.per_class)),
-                          "confusion": result.confusion.tolist(), "confusion_png": str(out)}, indent=2))
+                          "confusion": result.confusion.tolist(), "confusion_png": str(out)}, indent=2,
+                         ensure_ascii=False))
         return
     print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
           f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
@@ -195,7 +196,7 @@ def _predict(args: argparse.Namespace) -> int:
         for path, prediction in zip(readable, predictions):
             if args.json:
                 item = json.dumps({"image": path, "labels": prediction.labels,
-                                   "probabilities": prediction.probabilities}, indent=2)
+                                   "probabilities": prediction.probabilities}, indent=2, ensure_ascii=False)
                 print(("[\n" if not answered else ",\n") + textwrap.indent(item, "  "), end="")
             else:
                 print(path)
