@@ -214,6 +214,17 @@ def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
         cct.create_model("cct_2_3x2_32", **overrides)
 
 
+@pytest.mark.parametrize("overrides, words", [
+    ({"tokenizer": "patch", "patch_size": 64}, "its patches of 64x64"),
+    ({"style": "keras", "num_convs": 8}, "its 8 convolutions of kernel 3 and stride-2 max-pools"),
+])
+def test_an_image_too_small_for_the_tokenizer_is_a_clear_error(overrides, words):
+    # it was torch's "Calculated padded input size per channel: (32 x 32). Kernel size: (64 x 64)..." traceback
+    with pytest.raises(cct.CCTError, match=f"^cct_2_3x2_32: a 32x32 image is too small for {words}; raise img_size or "
+                       "use a smaller tokenizer$"):
+        cct.create_model("cct_2_3x2_32", **overrides)
+
+
 def test_a_grayscale_variant_takes_the_gray_of_the_rgb_mean_and_std_unless_given():
     # `--model-arg in_chans=1` alone was "model config field mean: expected 1 values (in_chans), got [0.4914, ...]"
     gray = cct.create_model("cct_2_3x2_32", in_chans=1).config
