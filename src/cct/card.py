@@ -29,7 +29,8 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                dataset: str | Path | None = None) -> Path:
     """Evaluate the run's best checkpoint on its dataset's test split (CIFAR found in `data_dir`, by default the
     run's own; a dataset folder at `dataset`, by default where the run found it) and write the card folder `out`
-    (replaced as a whole: a failure leaves any previous card untouched). An `out` that holds anything else than a card is refused, so no run or other folder is lost."""
+    (replaced as a whole: a failure leaves any previous card untouched). An `out` that holds anything else than a
+    card is refused, so no run or other folder is lost."""
     run, out = Path(run), Path(out)
     if (out.is_dir() and not {p.name for p in out.iterdir()} <= CARD_FILES) or (out.exists() and not out.is_dir()):
         raise CCTError(f"{out}: not a card folder, which a card would replace; choose another --out")
