@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--recipe-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the recipe, as `cct train --recipe-arg` does")
     parser.add_argument("--targets", type=float, nargs="+", default=[0.78, 0.80])
-    parser.add_argument("--out", default="runs/time-to-accuracy")
+    parser.add_argument("--out", help="the run folder (default: runs/<model>-cifar10-<time>, as cct train's, so "
+                        "that a second run keeps the first)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (as cct train --compile)")
     args = parser.parse_args()
 
