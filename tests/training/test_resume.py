@@ -129,6 +129,8 @@ def test_a_run_whose_dataset_moved_resumes_with_its_new_place_and_refuses_other_
     assert "resuming at epoch 2, step 0" in capsys.readouterr().out
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 2
     assert RunConfig.from_run(run).dataset == str(moved)  # evaluate, card and a later resume find it there
+    assert main(["train", "--resume", str(run)]) == 0  # it said "resuming at epoch 3, step 0" of a 2-epoch run
+    assert "the run has finished its 2 epochs: testing its best checkpoint again" in capsys.readouterr().out
     assert main(["train", "--resume", str(run), "--model", "cct_7_3x1_32"]) == 1
     assert capsys.readouterr().err.endswith("--model cannot go with it\n")
 

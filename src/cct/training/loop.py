@@ -237,7 +237,8 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     if resume:
         progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator, ema)
         if ranks.main:
-            print(f"resuming at epoch {progress['epoch']}, step {progress['step']}")
+            print(f"resuming at epoch {progress['epoch']}, step {progress['step']}" if progress["epoch"] <= recipe.epochs
+                  else f"the run has finished its {recipe.epochs} epochs: testing its best checkpoint again")
     rows, best_acc = progress["rows"], progress["best_acc"]
 
     def save_progress(epoch: int, step: int, seconds: float) -> None:
