@@ -331,7 +331,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     saved = {}
 
     def poison_after_the_first_epoch(epoch: int, model: cct.CCT) -> None:
-        saved.update({name: (out / name).read_bytes() for name in ("best.safetensors", "last.safetensors")})
+        saved.update({name: (out / name).read_bytes() for name in ("best.safetensors", "last.safetensors",
+                                                                    "training-curves.png")})
         with torch.no_grad():
             model.head.weight.fill_(float("inf"))
 
@@ -339,6 +340,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
                        f"keeping the last good checkpoints in {re.escape(str(out))} ") as failed:
         train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=_tiny_recipe(), out=str(out)),
               on_epoch_end=poison_after_the_first_epoch)
+    # and the curves of the epochs before it, drawn at each epoch's end (they were drawn when the run ended)
     assert {name: (out / name).read_bytes() for name in saved} == saved
     # while the error is kept (as a notebook keeps the last one), another process resumes the run: the failed run
     # held the folder's lock until its traceback was freed ("another process is training into this run folder")
