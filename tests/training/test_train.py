@@ -206,6 +206,13 @@ def test_tensorboard_logs_the_metrics_of_metrics_csv(tmp_path):
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([float(r[column]) for r in rows], rel=1e-6)
     assert events.Scalars("test/top1")[0].value == pytest.approx(result.top1)
+    # a run that starts from another's weights logs too (it raised AttributeError: 'str' object has no attribute
+    # 'enter_context')
+    tuned, _ = train(RunConfig(model=None, dataset=str(data), recipe=_tiny_recipe(), init_from=str(out),
+                               out=str(tmp_path / "tuned"), tensorboard=True))
+    events = EventAccumulator(str(tuned / "tensorboard"))
+    events.Reload()
+    assert [s.step for s in events.Scalars("train/loss")] == [1, 2]
 
 
 @pytest.mark.slow

@@ -130,12 +130,12 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
     `resume`: continue from the run folder's state.safetensors (written at epoch ends and, with
     `checkpoint_every` K, every K steps). `on_epoch_end(epoch, model)` is called after each epoch's
     checkpoint (benchmarks use it)."""
-    with ExitStack() as held:  # the run folder's lock, TensorBoard writer and process group, closed however it ends
-        return _train(run, on_epoch_end, resume, held)
+    with ExitStack() as cleanup:  # the run folder's lock, TensorBoard writer and process group, however it ends
+        return _train(run, on_epoch_end, resume, cleanup)
 
 
 def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resume: bool,
-           held: ExitStack) -> tuple[Path, Metrics | None]:
+           cleanup: ExitStack) -> tuple[Path, Metrics | None]:
     recipe = run.recipe
     # a folder's images are resized to the model's img_size; CIFAR's are 32 x 32, and the model is built for them
     set_by_data = {"num_classes", "class_names"} | ({"img_size"} if run.dataset in CIFAR else set())
@@ -164,7 +164,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         run.dataset = str(Path(run.dataset).resolve())
     runtime = run.runtime = run.runtime.resolve()
     ranks = Ranks.from_env(runtime.torch_device.type)
-    held.callback(ranks.close)
+    cleanup.callback(ranks.close)
     run.processes = ranks.world
     if ranks.world > 1 and runtime.torch_device.type == "cuda":
         runtime.device = f"cuda:{ranks.local_rank}"
@@ -220,7 +220,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     run.out = str(out)
     if ranks.main:
         make_folder(out)
-        held.enter_context(lock_run_folder(out))
+        cleanup.enter_context(lock_run_folder(out))
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
@@ -230,15 +230,16 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
             held = "" if run.init_from == source.config.name else f" ({source.config.name})"
             print(f"starting from the weights of {run.init_from}{held}: {'; '.join(changed) or 'all of them'}")
 
-    board = held.enter_context(summary_writer(str(out / "tensorboard"))) if summary_writer and ranks.main else None
+    board = cleanup.enter_context(summary_writer(str(out / "tensorboard"))) if summary_writer and ranks.main else None
     state_path = out / "state.safetensors"
     progress = {"epoch": 1, "step": 0, "loss_sum": 0.0, "correct": 0, "seconds": 0.0, "rows": [], "best_acc": -1.0}
     order = None
     if resume:
         progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator, ema)
         if ranks.main:
-            print(f"resuming at epoch {progress['epoch']}, step {progress['step']}" if progress["epoch"] <= recipe.epochs
-                  else f"the run has finished its {recipe.epochs} epochs: testing its best checkpoint again")
+            finished = progress["epoch"] > recipe.epochs
+            print(f"the run has finished its {recipe.epochs} epochs: testing its best checkpoint again" if finished
+                  else f"resuming at epoch {progress['epoch']}, step {progress['step']}")
     rows, best_acc = progress["rows"], progress["best_acc"]
 
     def save_progress(epoch: int, step: int, seconds: float) -> None:
