@@ -49,8 +49,8 @@ def _train(args: argparse.Namespace) -> None:
     if saved:
         # a resumed run's data may have moved: --dataset and --data-dir say where it is now
         given = _options_given(args)
-        others = [key for key in given if key not in {"nproc"} | ({"dataset", "data_dir"} if args.resume else
-                                                                {"out"} if args.config else set())]
+        allowed = {"nproc", *(("dataset", "data_dir") if args.resume else ("out",))}
+        others = [key for key in given if key not in allowed]
         if others:
             raise CCTError(f"{'--resume' if args.resume else '--config'} takes the whole config of {source}; "
                            f"{', '.join('--' + key.replace('_', '-') for key in others)} cannot go with it"
@@ -147,9 +147,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     path = _model_path(args)
     model, header = load_checkpoint(path, args.device)
-    if not (args.dataset or header["info"].get("dataset")):
+    recorded = header["info"].get("dataset")
+    if not (args.dataset or recorded):
         raise CCTError(f"{path}: the checkpoint does not say its dataset; pass --dataset")
-    dataset = args.dataset or recorded_dataset(header["info"]["dataset"], path)
+    dataset = args.dataset or recorded_dataset(recorded, path)
     (test,) = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
                            model.config.in_chans, splits=("test",))
     require_classes(model.config, test, dataset, path)
