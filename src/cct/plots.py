@@ -31,9 +31,12 @@ def font_families() -> tuple[str, ...]:
 
 def _save(fig: Figure, path: Path) -> None:
     """Lay out and write `fig`. Figures are made without pyplot, so no backend is chosen or changed (a
-    notebook's stays inline), and get their fonts here, so matplotlib's settings are left as they are."""
+    notebook's stays inline), and get their fonts here, so matplotlib's settings are left as they are: text
+    beyond ASCII (class names) is drawn with `font_families()`, the rest with the default font (matplotlib logs a
+    warning for each CJK font without the bold weight asked of it)."""
     for text in fig.findobj(Text):
-        text.set_fontfamily(font_families())
+        if not text.get_text().isascii():
+            text.set_fontfamily(font_families())
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
