@@ -98,6 +98,20 @@ def test_progressive_resize_stages_from_json_lists_and_epoch_sizes():
             get_recipe("fast").with_overrides({"progressive_resize": bad})
 
 
+def test_progressive_resize_stages_leave_the_last_epochs_at_full_size():
+    # `--recipe fast --epochs 6` trained every epoch on 16x16 images, then tested at 32x32 (and its card said
+    # "16x16 for 4 epochs, then 24x24 for 5 epochs")
+    for epochs, advice in ((9, r"shorten them \(--recipe-arg progressive_resize=\[\[16,3\],\[24,4\]\]\) or drop"),
+                           (6, r"shorten them \(--recipe-arg progressive_resize=\[\[16,2\],\[24,2\]\]\) or drop"),
+                           (3, r"shorten them \(--recipe-arg progressive_resize=\[\[24,1\]\]\) or drop"),
+                           (1, r"tested at\): drop them \(--recipe-arg progressive_resize=\[\]\)")):
+        with pytest.raises(CCTError, match=rf"recipe field progressive_resize: its stages take 9 epochs of the "
+                                           rf"{epochs}, so none would train at the dataset's image size.*{advice}"):
+            get_recipe("fast").with_overrides({"epochs": epochs})
+    assert get_recipe("fast").with_overrides({"epochs": 6, "progressive_resize": [[16, 2], [24, 2]]}).epochs == 6
+    assert get_recipe("fast").with_overrides({"epochs": 1, "progressive_resize": []}).epochs == 1
+
+
 @pytest.mark.parametrize("field, bad, expected", [
     ("epochs", 0, "an integer of at least 1, got 0"),
     ("batch_size", 2.5, "an integer of at least 1, got 2.5"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
@@ -54,6 +55,14 @@ class Recipe:
 
     def __post_init__(self):
         check_fields(self, _FIELD_RULES, "recipe")
+        staged = sum(epochs for _, epochs in self.progressive_resize)
+        if self.progressive_resize and staged >= self.epochs:
+            shorter = [[size, epochs * (self.epochs - 1) // staged] for size, epochs in self.progressive_resize]
+            shorter = json.dumps([stage for stage in shorter if stage[1]], separators=(",", ":"))
+            raise CCTError(f"recipe field progressive_resize: its stages take {staged} epochs of the {self.epochs}, "
+                           "so none would train at the dataset's image size (which it is tested at): "
+                           + (f"shorten them (--recipe-arg progressive_resize={shorter}) or " if shorter != "[]" else "")
+                           + "drop them (--recipe-arg progressive_resize=[])")
 
     def to_dict(self) -> dict:
         return asdict(self)
