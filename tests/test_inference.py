@@ -39,8 +39,11 @@ def test_probabilities_over_all_classes_sum_to_one(classifier):
 
 
 def test_bad_inputs_are_clear_errors(classifier):
-    with pytest.raises(cct.CCTError, match=r"must be uint8 or float in \[0, 1\], \(H, W\) or \(H, W, C\), got int32"):
+    with pytest.raises(cct.CCTError, match=r"must be uint8 or float in \[0, 1\], \(H, W\) or \(H, W, C\) with 1, 3 or 4 "
+                                           r"channels, got int32"):
         classifier.predict(np.zeros((32, 32, 3), dtype=np.int32))
+    with pytest.raises(cct.CCTError, match=r"with 1, 3 or 4 channels, got uint8 \(32, 32, 5\)"):  # PIL's TypeError
+        classifier.predict(np.zeros((32, 32, 5), dtype=np.uint8))
     with pytest.raises(cct.CCTError, match=r"must be \(C, H, W\)"):
         classifier.predict(torch.zeros(7, 32, 32))
     with pytest.raises(cct.CCTError, match=r"a float image must hold values in \[0, 1\], got 0 to 255 \(divide"):
@@ -49,6 +52,10 @@ def test_bad_inputs_are_clear_errors(classifier):
         classifier.predict(torch.linspace(-0.5, 0.5, 3 * 32 * 32).view(3, 32, 32).numpy())
     with pytest.raises(cct.CCTError, match=r"the image bytes: not a readable image \(UnidentifiedImageError\)"):
         classifier.predict(b"GIF89a but not an image")
+    for empty in (np.zeros((0, 0, 3), dtype=np.uint8), torch.zeros(3, 0, 32), Image.new("RGB", (32, 0))):
+        # predicted a class (the model's answer for an all-black image)
+        with pytest.raises(cct.CCTError, match=r"an empty image \(\d+ x \d+ pixels\): nothing to classify"):
+            classifier.predict(empty)
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
     with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):

@@ -101,9 +101,9 @@ def _to_uint8(item: ImageLike, size: int, channels: int) -> torch.Tensor:
                 raise CCTError(f"a float image must hold values in [0, 1], got {item.min():g} to {item.max():g} "
                                "(divide 0-255 values by 255, or pass uint8)")
             item = (item * 255).round().astype(np.uint8)
-        if item.dtype != np.uint8 or item.ndim not in (2, 3):
-            raise CCTError(f"an image array or tensor must be uint8 or float in [0, 1], (H, W) or (H, W, C), got "
-                           f"{item.dtype} {item.shape}")
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):
+            raise CCTError(f"an image array or tensor must be uint8 or float in [0, 1], (H, W) or (H, W, C) with 1, 3 "
+                           f"or 4 channels, got {item.dtype} {item.shape}")
         return image_to_tensor(Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[-1] == 1
                                                else item), size, channels)
     raise CCTError(f"cannot read an image from {type(item).__name__}")

@@ -67,6 +67,8 @@ def image_to_tensor(image: Image.Image, size: int, channels: int = 3) -> torch.T
     16-bit values scaled to 8 bits, converted to RGB (or grayscale for 1 channel), the shorter side resized to
     `size` and the centre cropped (a CIFAR image passes through unchanged)."""
     check_channels(channels)
+    if 0 in image.size:
+        raise CCTError(f"an empty image ({image.size[0]} x {image.size[1]} pixels): nothing to classify")
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
