@@ -33,7 +33,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int
     device = weight.device
     autocast = runtime.autocast if runtime and weight.dtype == torch.float32 else contextlib.nullcontext
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in range(0, max(len(images), 1), batch_size):  # an empty batch gives (0, num_classes)
         x = to_model_input(images[start:start + batch_size], device, runtime.channels_last if runtime else True)
         with autocast():
             logits = model(x).to(torch.float32, copy=True)  # a model replaying CUDA graphs reuses its output

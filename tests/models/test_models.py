@@ -111,7 +111,9 @@ def test_every_variant_classifies_a_batch(name):
     c = model.config
     with torch.no_grad():
         logits = model(torch.rand(2, 3, c.img_size, c.img_size))
-    assert logits.shape == (2, c.num_classes)
+        # an empty batch: torch's "cannot reshape tensor of 0 elements into shape [0, 64, -1]"
+        empty = model(torch.rand(0, 3, c.img_size, c.img_size))
+    assert logits.shape == (2, c.num_classes) and empty.shape == (0, c.num_classes)
     assert torch.isfinite(logits).all()
 
 

@@ -246,7 +246,7 @@ class Attention(nn.Module):
             x = self.in_chunks(self.attend, q, k, v)
         else:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)))
 
     def in_chunks(self, fn, *inputs: torch.Tensor) -> torch.Tensor:
         """fn(*inputs), inputs (B, ..., N, C) with N tokens; when training on the CPU, a few images at a time,
