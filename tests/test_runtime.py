@@ -19,6 +19,14 @@ def test_resolve_makes_every_choice_concrete():
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
 
 
+@pytest.mark.parametrize("runtime", [Runtime(), Runtime(device="cpu"), Runtime(device="cpu", precision="fp32")])
+def test_an_unresolved_runtime_does_not_prepare_a_model(runtime):
+    # torch said "Expected one of cpu, cuda, ... device type at start of device string: auto", or "'>=' not
+    # supported between instances of 'NoneType' and 'int'" for threads
+    with pytest.raises(cct.CCTError, match=r"^a Runtime prepares a model once resolved: Runtime\(...\)\.resolve\(\)"):
+        runtime.prepare(cct.create_model("cct_2_3x2_32"), frozen=True)
+
+
 def test_without_cpu_affinity_every_core_counts(monkeypatch):
     # macOS and Windows have no os.sched_getaffinity: Runtime.resolve raised AttributeError there
     cores = available_cpus()
@@ -28,6 +36,14 @@ def test_without_cpu_affinity_every_core_counts(monkeypatch):
     assert Runtime(device="cpu").resolve().threads == cores + 1
     monkeypatch.undo()
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
+
+
+@pytest.mark.parametrize("runtime", [Runtime(), Runtime(device="cpu"), Runtime(device="cpu", precision="fp32")])
+def test_an_unresolved_runtime_does_not_prepare_a_model(runtime):
+    # torch said "Expected one of cpu, cuda, ... device type at start of device string: auto", or "'>=' not
+    # supported between instances of 'NoneType' and 'int'" for threads
+    with pytest.raises(cct.CCTError, match=r"^a Runtime prepares a model once resolved: Runtime\(...\)\.resolve\(\)"):
+        runtime.prepare(cct.create_model("cct_2_3x2_32"), frozen=True)
 
 
 def test_bf16_autocast_computes_linear_layers_in_bf16():

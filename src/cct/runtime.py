@@ -107,6 +107,9 @@ class Runtime:
         model runs in that dtype without autocast, on the CPU through oneDNN Graph if `fused_inference`,
         and compilation may fold the weights in. A compiled model on CUDA replays CUDA graphs: a step's
         outputs are valid until its next call."""
+        if "auto" in (self.device, self.precision) or self.threads is None:
+            raise CCTError("a Runtime prepares a model once resolved: Runtime(...).resolve() chooses its device, "
+                           "precision and threads")
         model.to(self.torch_device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         for attention in (m for m in model.modules() if isinstance(m, Attention)):
             attention.fold = self.fold_attention and attention.fold_saves_work
