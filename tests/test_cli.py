@@ -166,6 +166,11 @@ def test_corrupt_checkpoint(tmp_path, checkpoint, capsys):
 
 def test_missing_checkpoint(tmp_path, capsys):
     _fails_with(["evaluate", "-c", str(tmp_path / "run")], capsys, "no such checkpoint")
+    # a folder that is not a run (a dataset given by mistake) said "photos/best.safetensors: no such checkpoint"
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    _fails_with(["evaluate", "-c", str(tmp_path / "photos")], capsys,
+                f"{tmp_path / 'photos'}: a folder without a checkpoint (a run folder holds best.safetensors once its "
+                "first epoch has ended, a card folder model.safetensors)")
 
 
 def test_a_file_that_is_not_an_image(tmp_path, checkpoint, capsys):

@@ -74,7 +74,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     its .json copy -> the .safetensors path."""
     path = Path(path)
     if path.is_dir():
-        path = path / ("model.safetensors" if (path / "model.safetensors").is_file() else "best.safetensors")
+        found = [path / name for name in ("model.safetensors", "best.safetensors") if (path / name).is_file()]
+        if not found:
+            raise CCTError(f"{path}: a folder without a checkpoint (a run folder holds best.safetensors once its "
+                           "first epoch has ended, a card folder model.safetensors)")
+        path = found[0]
     elif path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if not path.is_file():
