@@ -105,7 +105,7 @@ def _recipes(args: argparse.Namespace) -> None:
     for recipe in [get_recipe(name) for name in args.names] or RECIPES.values():
         print(f"{recipe.name}:")
         for key, value in recipe.to_dict().items():
-            print(f"  {key:<20} {value}")
+            print(f"  {key:<20} {json.dumps(value)}")  # as --recipe-arg takes it
 
 
 def _options_given(args: argparse.Namespace) -> list[str]:

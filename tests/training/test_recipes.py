@@ -78,6 +78,9 @@ def test_cct_recipes_lists_every_recipe_or_the_named_ones_in_full(capsys):
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.endswith(":")] == ["fast:", "keras-example:"]
     assert "  epochs               12\n" in out and "  epochs               30\n" in out
+    # values as --recipe-arg takes them (JSON): "((16, 4), (24, 5))", "None" and "True" were Python's
+    assert "  progressive_resize   [[16, 4], [24, 5]]\n" in out and "  limit_train          null\n" in out
+    assert "  tta_flip             true\n" in out and "  betas                [0.9, 0.999]\n" in out
     assert main(["recipes", "fats"]) == 1
     assert capsys.readouterr().err.startswith("cct: error: unknown recipe 'fats' (choose from keras-example, fast,")
 
