@@ -243,6 +243,21 @@ def test_json_output_keeps_class_names_and_paths_as_written(tmp_path, capsys):
     assert all(f'"{name}"' in printed for name in names) and "写真.png" in printed
 
 
+def test_evaluate_aligns_its_table_to_the_longest_class_name(tmp_path, capsys):
+    # names over 15 characters pushed their accuracy out of the column
+    from tests.helpers import write_color_dataset
+
+    data = write_color_dataset(tmp_path / "colors", per_class=2)
+    (data / "train" / "blue").rename(data / "train" / "blue_green_and_turquoise")
+    (data / "test" / "blue").rename(data / "test" / "blue_green_and_turquoise")
+    path = save_checkpoint(tmp_path / "m.safetensors", cct.create_model(
+        "cct_2_3x2_32", num_classes=2, class_names=("blue_green_and_turquoise", "red")))
+    assert main(["evaluate", "-c", str(path), "--dataset", str(data)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert len(rows) == 2 and len(rows[0]) == len(rows[1]) and rows[0].endswith("%") and rows[1].endswith("%")
+    assert rows[0].startswith("  blue_green_and_turquoise  ") and rows[1].startswith("  red  ")
+
+
 def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     from cct.evaluation import evaluate_saved
     from cct.data import load_dataset

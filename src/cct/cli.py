@@ -170,8 +170,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         return
     print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
           f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
+    width = max(15, *map(len, test.classes))
     for name, acc in zip(test.classes, result.per_class):
-        print(f"  {name:<15} {class_accuracy(acc)}")
+        print(f"  {name:<{width}}  {class_accuracy(acc):>9}")
     print(f"confusion matrix: {out}")
 
 
