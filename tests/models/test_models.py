@@ -222,8 +222,8 @@ def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
 ])
 def test_an_image_too_small_for_the_tokenizer_is_a_clear_error(overrides, words):
     # it was torch's "Calculated padded input size per channel: (32 x 32). Kernel size: (64 x 64)..." traceback
-    with pytest.raises(cct.CCTError, match=f"^cct_2_3x2_32: a 32x32 image is too small for {words}; raise img_size or "
-                       "use a smaller tokenizer$"):
+    with pytest.raises(cct.CCTError, match=f"^cct_2_3x2_32: a 32x32 image is too small for {words}; give larger images "
+                       "or a smaller tokenizer$"):
         cct.create_model("cct_2_3x2_32", **overrides)
 
 

@@ -125,6 +125,16 @@ def test_progressive_resizing_trains_the_first_epochs_on_smaller_images(tmp_path
     assert json.loads((out / "config.json").read_text())["recipe"]["progressive_resize"] == [[16, 1], [24, 1]]
 
 
+def test_a_stage_too_small_for_the_tokenizer_is_refused_before_the_data_is_read(tmp_path):
+    # torch's "Kernel size can't be greater than actual input size" came in the first epoch, after the data loaded
+    recipe = _tiny_recipe(epochs=3, progressive_resize=((16, 1), (2, 1)))
+    with pytest.raises(cct.CCTError, match=r"^recipe field progressive_resize: stage 2x2: cct_2_3x2_32_keras: a 2x2 "
+                                           r"image is too small for its 2 convolutions of kernel 3 and stride-2 "
+                                           r"max-pools; give larger images or a smaller tokenizer$"):
+        train(RunConfig(model="cct_keras", dataset=str(tmp_path / "not read"), recipe=recipe, out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_epoch_says_how_long_the_rest_should_take_counting_the_pixels_of_its_images(tmp_path, capsys):
     recipe = _tiny_recipe(epochs=4, progressive_resize=((16, 1), (24, 1)))
     # after 10 s at 16 px: one epoch at 24 px (2.25x the pixels) and two at 32 px (4x each)

@@ -110,8 +110,8 @@ class CCT(nn.Module):
             except RuntimeError:  # a kernel larger than what is left of the image
                 tokenizer = (f"patches of {c.patch_size}x{c.patch_size}" if c.tokenizer == "patch" else
                              f"{c.num_convs} convolutions of kernel {c.kernel_size} and stride-2 max-pools")
-                raise CCTError(f"{c.name}: a {c.img_size}x{c.img_size} image is too small for its {tokenizer}; raise "
-                               "img_size or use a smaller tokenizer") from None
+                raise CCTError(f"{c.name}: a {c.img_size}x{c.img_size} image is too small for its {tokenizer}; give "
+                               "larger images or a smaller tokenizer") from None
         self.class_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.pooling == "class_token" else None
         num_tokens += c.pooling == "class_token"
         self.num_tokens = num_tokens

@@ -152,6 +152,11 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         config = adapted_config(source.config, **model_overrides)
     else:
         config = model_config(run.model, **model_overrides)
+    for size, _ in recipe.progressive_resize:  # the tokenizer takes each stage's images too
+        try:
+            CCT(replace(config, img_size=size))
+        except CCTError as e:
+            raise CCTError(f"recipe field progressive_resize: stage {size}x{size}: {e}") from None
     if run.out and not resume:
         _check_new_run_folder(Path(run.out))
     if resume and not (Path(run.out) / "state.safetensors").is_file():
