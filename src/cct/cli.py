@@ -42,6 +42,7 @@ def _train(args: argparse.Namespace) -> None:
     from .runtime import Runtime, available_cpus, resolve_device
     from .data.datasets import recorded_dataset
     from .training import OPTION_FIELDS, RunConfig, get_recipe
+    from .training.loop import edited_model_config
     from .training.distributed import require_gpus
 
     source = args.resume or args.config  # a run whose whole config is taken
@@ -71,6 +72,12 @@ def _train(args: argparse.Namespace) -> None:
             recorded_dataset(saved.dataset, source)
         return _train_run(replace(saved, **moved), resume=True)
     if args.config:
+        edited = edited_model_config(saved)
+        if edited:
+            raise CCTError(f"{source}: model_config {', '.join(edited)}: not what its model and model_args make, "
+                           f"which a new run trains: give the changes as model_args (\"model_args\": "
+                           f"{json.dumps({**saved.model_args, **edited})}), or delete model_config to train what "
+                           "they make")
         return _train_run(replace(saved, out=args.out, model_config={}))
     overrides = {field: getattr(args, field) for field in OPTION_FIELDS}
     recipe = get_recipe(args.recipe).with_overrides(

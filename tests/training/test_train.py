@@ -466,3 +466,38 @@ def test_a_runs_config_trains_the_same_run_again_and_an_edited_copy_a_changed_on
     assert main(["train", "--resume", str(first), "--epochs", "3"]) == 1  # it ran the saved epochs, silently
     assert capsys.readouterr().err.strip() == f"cct: error: --resume takes the whole config of {first}; --epochs " \
                                               "cannot go with it"
+
+
+def test_an_edited_config_that_cannot_train_is_refused_naming_it(tmp_path, capsys):
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    first = tmp_path / "first"
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(first), "--epochs", "1",
+                 "--batch-size", "8", "--val-size", "4"]) == 0
+    saved = json.loads((first / "config.json").read_text())
+    edited, card = tmp_path / "edited.json", tmp_path / "card" / "config.json"
+    card.parent.mkdir()
+    card.write_text(json.dumps({"library_name": "compact-transformers"}))
+    capsys.readouterr()
+    # a bad field did not name the file
+    edited.write_text(json.dumps({**saved, "recipe": {**saved["recipe"], "epochs": 0}}))
+    assert main(["train", "--config", str(edited), "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err == f"cct: error: {edited}: recipe field epochs: expected an integer of at least 1, " \
+                                      "got 0\n"
+    assert main(["train", "--config", str(card), "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err.startswith(f"cct: error: {card}: a model card's config, not a run's (the card's")
+    # an edit of model_config, made anew from model and model_args, was ignored: the run trained the saved model
+    edited.write_text(json.dumps({**saved, "model_config": {**saved["model_config"], "num_layers": 1,
+                                                            "mlp_ratio": 2.0}}))
+    assert main(["train", "--config", str(edited), "--out", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == (
+        f"cct: error: {edited}: model_config mlp_ratio, num_layers: not what its model and model_args make, which a "
+        'new run trains: give the changes as model_args ("model_args": {"mlp_ratio": 2.0, "num_layers": 1}), or '
+        "delete model_config to train what they make\n")
+    # model_args (the model_config left as saved), or another model, train as given
+    edited.write_text(json.dumps({**saved, "model_args": {"mlp_ratio": 2.0, "num_layers": 1}}))
+    assert main(["train", "--config", str(edited), "--out", str(tmp_path / "b")]) == 0
+    config = json.loads((tmp_path / "b" / "config.json").read_text())["model_config"]
+    assert (config["num_layers"], config["mlp_ratio"]) == (1, 2.0) and not (tmp_path / "a").exists()
+    edited.write_text(json.dumps({**saved, "model": "cct_keras"}))
+    assert main(["train", "--config", str(edited), "--out", str(tmp_path / "c")]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["model_config"]["name"] == "cct_2_3x2_32_keras"

@@ -70,10 +70,12 @@ class RunConfig:
         try:
             data = json.loads(path.read_text())
             if isinstance(data, dict) and "library_name" in data:  # what `cct card` writes
-                raise CCTError(f"{path}: a model card's config, not a run's (the card's README.md gives the "
-                               "`cct train` command that trains it)")
+                raise CCTError("a model card's config, not a run's (the card's README.md gives the `cct train` "
+                               "command that trains it)")
             return cls(**{**data, "out": str(path.parent), "recipe": Recipe.from_dict(data["recipe"]),
                           "runtime": Runtime(**data["runtime"])})
+        except CCTError as e:  # a field's rule
+            raise CCTError(f"{path}: {e}") from None
         except FileNotFoundError:
             raise CCTError(f"{path}: no such file (not a run folder)") from None
         except (ValueError, TypeError, KeyError) as e:
@@ -137,21 +139,14 @@ def train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None = None
 def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resume: bool,
            cleanup: ExitStack) -> tuple[Path, Metrics | None]:
     recipe = run.recipe
-    # a folder's images are resized to the model's img_size; CIFAR's are 32 x 32, and the model is built for them
-    set_by_data = {"num_classes", "class_names"} | ({"img_size"} if run.dataset in CIFAR else set())
-    from_data = sorted(set(run.model_args) & set_by_data)
+    from_data = sorted(set(run.model_args) & _set_by_data(run.dataset))
     if from_data:
         raise CCTError(f"model config {', '.join(from_data)}: set by the dataset, not by --model-arg")
-    model_overrides = {**recipe.model_overrides(), **run.model_args}
     # an unknown name or a bad field fails before the data is read
-    source = None
     if resume:
-        config = CCTConfig.from_dict(run.model_config)  # as the run began, whatever it started from
-    elif run.init_from:
-        source = _starting_model(run)
-        config = adapted_config(source.config, **model_overrides)
+        config, source = CCTConfig.from_dict(run.model_config), None  # as the run began, whatever it started from
     else:
-        config = model_config(run.model, **model_overrides)
+        config, source = made_model_config(run)
     for size, _ in recipe.progressive_resize:  # the tokenizer takes each stage's images too
         try:
             CCT(replace(config, img_size=size))
@@ -199,7 +194,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     if source is None:
         model, changed = CCT(replace(config, **from_data)), []
     else:
-        model, changed = adapted(source, **{**model_overrides, **from_data})
+        model, changed = adapted(source, **{**_model_overrides(run), **from_data})
     run.model_config = model.config.to_dict()
     torch.manual_seed(recipe.seed + ranks.rank)  # the same initial weights, different dropout and augmentation
     forward = ranks.wrap(runtime.prepare(model), device)
@@ -364,6 +359,38 @@ def _check_new_run_folder(out: Path) -> None:
     if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise CCTError(f"{out}: holds other files than a run's ({shown}); choose a new or empty --out")
+
+
+def _set_by_data(dataset: str) -> set[str]:
+    """The model config fields a dataset sets: a folder's images are resized to the model's img_size; CIFAR's are
+    32 x 32, and the model is built for them."""
+    return {"num_classes", "class_names"} | ({"img_size"} if dataset in CIFAR else set())
+
+
+def made_model_config(run: RunConfig) -> tuple[CCTConfig, CCT | None]:
+    """The config of the model a new run of `run` trains, before its dataset sets its fields (`_set_by_data`):
+    the registry's `run.model` (or the model `run.init_from` holds), the recipe's regularisation, then
+    `run.model_args`; and the model it starts from (None: fresh weights)."""
+    if not run.init_from:
+        return model_config(run.model, **_model_overrides(run)), None
+    source = _starting_model(run)
+    return adapted_config(source.config, **_model_overrides(run)), source
+
+
+def _model_overrides(run: RunConfig) -> dict:
+    """The model config fields `run` sets: the recipe's regularisation, then `run.model_args`."""
+    return {**run.recipe.model_overrides(), **run.model_args}
+
+
+def edited_model_config(run: RunConfig) -> dict:
+    """The fields of `run.model_config` (a saved run's, perhaps an edited copy) that a new run of it would not
+    train, its model being made from `run.model` and `run.model_args` (`made_model_config`); those the dataset,
+    the recipe or model_args set aside, and none where it holds another model than `run.model`."""
+    made = json.loads(json.dumps(made_model_config(run)[0].to_dict()))
+    if run.model_config.get("name") != made["name"]:
+        return {}
+    aside = _set_by_data(run.dataset) | set(_model_overrides(run))
+    return {k: v for k, v in sorted(run.model_config.items()) if k not in aside and made.get(k) != v}
 
 
 def _starting_model(run: RunConfig) -> CCT:
