@@ -4,6 +4,8 @@ somewhere later."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -79,3 +81,10 @@ def _lists(value: Any) -> Any:
 
 def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """"; did you mean X, Y?" with the known names spelled closest to the unknown ones, or "" for none."""
+    known = list(known)
+    close = dict.fromkeys(match for name in unknown for match in difflib.get_close_matches(name, known, cutoff=0.6))
+    return f"; did you mean {', '.join(close)}?" if close else ""

@@ -202,6 +202,18 @@ def test_unknown_model_is_a_clear_error():
     assert str(error.value).endswith(f"similar: {similar}")
 
 
+@pytest.mark.parametrize("field, hint", [
+    ("num_class", "; did you mean num_classes, num_layers, num_heads?"),
+    ("drop_path_rate", "; timm's name for stochastic_depth"),
+    ("drop_rate", "; timm's name for dropout"), ("colour", ""),
+])
+def test_an_unknown_model_config_field_names_the_one_meant(field, hint):
+    # a timm user's drop_path_rate, or a typo, got the list of fields alone
+    with pytest.raises(cct.CCTError, match=rf"^unknown model config field '{field}'{re.escape(hint)} \(fields: "
+                                           r"attention_dropout, class_names, dropout, embed_dim, "):
+        cct.create_model("cct_2_3x2_32", **{field: 0.1})
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"dropout": 2}, r"dropout: expected a number in \[0, 1\), got 2"),
     ({"positional_embedding": "foo"}, "positional_embedding: expected \"learnable\", \"sine\" or \"none\", got 'foo'"),

@@ -66,6 +66,9 @@ def test_overrides_convert_json_lists_and_refuse_unknown_fields():
         r.with_overrides({"ema": 0.9})
     with pytest.raises(CCTError, match=r"^unknown recipe fields ema, lr_max \(see `cct recipes`\)$"):
         r.with_overrides({"lr_max": 0.1, "ema": 0.9})
+    with pytest.raises(CCTError, match=r"^unknown recipe fields lable_smoothing, warmup \(see `cct recipes`\); did "
+                                       r"you mean label_smoothing, warmup_lr, warmup_epochs\?$"):
+        r.with_overrides({"lable_smoothing": 0.1, "warmup": 2})
 
 
 def test_cct_recipes_lists_every_recipe_or_the_named_ones_in_full(capsys):

@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 import torch
 
 from ..errors import CCTError
+from ..validation import did_you_mean
 from .cct import CCT, CCTConfig, adapted
 
 _MODELS: dict[str, CCTConfig] = {}
@@ -22,6 +23,7 @@ _ALIASES: dict[str, str] = {}
 _SIZES = {2: (2, 2, 128, 1.0), 4: (4, 2, 128, 1.0), 6: (6, 4, 256, 2.0), 7: (7, 4, 256, 2.0), 14: (14, 6, 384, 3.0)}
 KERAS_MEAN, KERAS_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 LUMA = (0.299, 0.587, 0.114)  # PIL's RGB -> L (ITU-R 601-2), how images are read for in_chans=1
+TIMM_FIELDS = {"drop_rate": "dropout", "attn_drop_rate": "attention_dropout", "drop_path_rate": "stochastic_depth"}
 
 
 def register(config: CCTConfig, *aliases: str) -> None:
@@ -63,10 +65,11 @@ def model_config(name: str, **overrides) -> CCTConfig:
         close = difflib.get_close_matches(name, list_models(include_aliases=True), n=5)
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise CCTError(f"unknown model '{name}' (see `cct models`){hint}")
-    known = {f.name for f in fields(CCTConfig)}
+    known = sorted(f.name for f in fields(CCTConfig))
     for key in overrides:
         if key not in known:
-            raise CCTError(f"unknown model config field '{key}' (fields: {', '.join(sorted(known))})")
+            hint = f"; timm's name for {TIMM_FIELDS[key]}" if key in TIMM_FIELDS else did_you_mean([key], known)
+            raise CCTError(f"unknown model config field '{key}'{hint} (fields: {', '.join(known)})")
     config = _MODELS[canonical]
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("in_chans") == 1 and config.in_chans == 3:

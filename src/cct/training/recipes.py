@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 from ..errors import CCTError
-from ..validation import (BOOLEAN, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Rule, all_of, check_fields, integer,
-                          number, one_of, optional, tuple_of)
+from ..validation import (BOOLEAN, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Rule, all_of, check_fields,
+                          did_you_mean, integer, number, one_of, optional, tuple_of)
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,11 @@ class Recipe:
 
     def with_overrides(self, overrides: dict) -> "Recipe":
         """A copy with some fields replaced; an unknown field is an error."""
-        unknown = set(overrides) - {f.name for f in fields(self)}
+        known = [f.name for f in fields(self)]
+        unknown = sorted(set(overrides) - set(known))
         if unknown:
-            raise CCTError(f"unknown recipe field{'s' * (len(unknown) > 1)} {', '.join(sorted(unknown))} (see "
-                           "`cct recipes`)")
+            raise CCTError(f"unknown recipe field{'s' * (len(unknown) > 1)} {', '.join(unknown)} (see `cct recipes`)"
+                           + did_you_mean(unknown, known))
         return self.from_dict({**self.to_dict(), **overrides})
 
     @classmethod
