@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import load_dataset
-from .data.datasets import recorded_dataset, require_classes
+from .data.datasets import count_images, recorded_dataset, require_classes
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
 from .files import make_folder, temporary_path
@@ -42,8 +42,8 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
     model, header = load_checkpoint(run / "best.safetensors")
-    train_all, test = load_dataset(config.dataset, data_dir or config.data_dir, model.config.img_size,
-                                   model.config.in_chans)
+    data_dir = data_dir or config.data_dir
+    (test,) = load_dataset(config.dataset, data_dir, model.config.img_size, model.config.in_chans, splits=("test",))
     require_classes(model.config, test, config.dataset, run)
     result = evaluate_saved(model, header, test)
 
@@ -51,7 +51,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     staging = temporary_path(out, "", folder=True)
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
-        trained = len(train_all) - config.recipe.val_size
+        trained = count_images(config.dataset, data_dir, "train") - config.recipe.val_size
         summary = {"train_images": min(trained, config.recipe.limit_train or trained), "test_images": len(test),
                    "test_top1": result.top1, "test_top5": result.top5,
                    "per_class": dict(zip(test.classes, result.per_class)), "best_epoch": header["info"]["epoch"],

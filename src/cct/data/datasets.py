@@ -230,6 +230,15 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
     return tuple(data.shuffled() if split == "train" else data for split, data in zip(splits, loaded))
 
 
+def count_images(name: str, data_dir: str | Path, split: str) -> int:
+    """How many images the `split` ("train" or "test") of a dataset `load_dataset` takes holds: CIFAR's, read; a
+    folder's image files, counted without decoding them."""
+    if name in CIFAR:
+        return len(load_cifar(name, data_dir, splits=(split,))[0])
+    root = Path(name) / split
+    return sum(len(image_files(root / cls)) for cls in class_folders(root))
+
+
 def recorded_dataset(name: str, trained: str | Path) -> str:
     """`name`, the dataset that `trained` (a run folder or checkpoint) records it was trained on; a folder that is no
     longer there is a CCTError saying how to give its new place."""
