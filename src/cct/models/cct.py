@@ -157,6 +157,9 @@ class CCT(nn.Module):
             got = f"{str(x.dtype).removeprefix('torch.')} {tuple(map(int, x.shape))}"  # ints while traced too
             raise CCTError(f"{c.name} takes float images (B, {c.in_chans}, H, W) in [0, 1], got {got} (uint8 images: "
                            "divide by 255, or predict through cct.Classifier)")
+        if c.positional_embedding == "learnable" and x.shape[-2] != x.shape[-1]:
+            raise CCTError(f"{c.name} takes square images (its learned position table is a square grid of tokens), "
+                           f"got {int(x.shape[-2])}x{int(x.shape[-1])}")
         x = self.tokenizer(((x - self.mean) / self.std).to(self.mean.dtype))
         if self.class_token is not None:
             x = torch.cat([self.class_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
