@@ -324,6 +324,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
             on_epoch_end(epoch, evaluated)
 
     if not ranks.main:
+        ranks.barrier()  # while rank 0 tests
         return out, None
     model, header = load_checkpoint(out / "best.safetensors", device)
     result = evaluate(model, test, recipe.eval_batch_size, runtime, recipe.tta_flip)
@@ -336,6 +337,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         board.add_scalar("test/top5", result.top5, summary["best_epoch"])
     chosen = f"best epoch {summary['best_epoch']} (val acc {best_acc:.2%})" if len(val_set) else "last epoch"
     print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
+    ranks.barrier()
     return out, result
 
 
