@@ -33,6 +33,8 @@ def test_create_model_with_pretrained_weights():
     assert model.config.name == "cct_2_3x2_32_keras" and not model.training
     assert model.config.class_names[0] == "airplane"
     assert cct.from_pretrained("cct_keras").state_dict().keys() == model.state_dict().keys()
+    assert cct.list_models(pretrained=True) == ["cct_2_3x2_32_keras", "cct_4_3x2_32"]  # timm's filter
+    assert cct.list_models("*keras", pretrained=True, include_aliases=True) == ["cct_2_3x2_32_keras", "cct_keras"]
     default = cct.create_model("cct_keras", pretrained=True).state_dict()  # timm's spelling: the default weights
     assert all(torch.equal(default[k], v) for k, v in model.state_dict().items())
     with pytest.raises(CCTError, match="no pretrained cifar100 weights for cct_keras"):

@@ -25,9 +25,11 @@ def _models(args: argparse.Namespace) -> None:
     from .models import count_macs, count_parameters, create_model, list_models, model_config
     from .pretrained import BUNDLED
 
-    names = sorted({model_config(name).name for name in list_models(args.pattern, include_aliases=True)})
+    found = list_models(args.pattern, pretrained=args.pretrained, include_aliases=True)
+    names = sorted({model_config(name).name for name in found})
     if not names:
-        raise CCTError(f"no model matches '{args.pattern}' (`cct models` lists them all)")
+        which = "model with bundled weights" if args.pretrained else "model"
+        raise CCTError(f"no {which} matches '{args.pattern}' (`cct models` lists them all)")
     print(f"{'name':<22} {'params':>12} {'MACs':>10}  {'input':>7}  {'classes':>7}  pretrained (test top-1)")
     for name in names:
         model = create_model(name)
@@ -374,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("models", help="list model variants with parameters and MACs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'cct_7*'")
+    p.add_argument("--pretrained", action="store_true", help="only models with bundled weights")
     p.set_defaults(func=_models)
 
     p = commands.add_parser("recipes", help="list the named training recipes with every field")

@@ -13,6 +13,7 @@ from dataclasses import fields, replace
 import torch
 
 from ..errors import CCTError
+from ..pretrained import BUNDLED
 from ..validation import did_you_mean
 from .cct import CCT, CCTConfig, adapted
 
@@ -50,10 +51,13 @@ def _register_family() -> None:
                                pooling=pooling))
 
 
-def list_models(pattern: str = "*", include_aliases: bool = False) -> list[str]:
-    """Registered names (and aliases, if asked) matching a shell-style pattern, sorted."""
+def list_models(pattern: str = "*", *, pretrained: bool = False, include_aliases: bool = False) -> list[str]:
+    """Registered names (and aliases, if asked) matching a shell-style pattern, sorted; with `pretrained`, as in
+    timm, only those with bundled weights."""
     names = [*_MODELS, *(_ALIASES if include_aliases else ())]
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    bundled = {w.model for w in BUNDLED}
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern) and (not pretrained or
+                                                                       _ALIASES.get(n, n) in bundled))
 
 
 def model_config(name: str, **overrides) -> CCTConfig:
