@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -108,6 +109,18 @@ def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     assert "metrics.csv: no such file" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in card.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_run_stopped_before_its_last_epoch_gets_no_card(run, tmp_path, capsys):
+    # the card of a run interrupted after its first epoch stated the recipe's 2 epochs (and its test results)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (stopped / "metrics.csv").write_text("".join(lines[:2]))  # what the run held after epoch 1
+    assert main(["card", str(stopped)]) == 1
+    assert capsys.readouterr().err == (f"cct: error: {stopped}: the run stopped after epoch 1 of 2, and a card "
+                                       f"describes a finished run: finish it first (`cct train --resume {stopped}`)\n")
+    assert not (stopped / "card").exists()
 
 
 def test_a_card_replaces_only_a_card_never_a_run_or_another_folder_or_file(run, tmp_path, capsys):

@@ -41,6 +41,9 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
         raise CCTError(f"{metrics_path}: no such file (the run has not finished an epoch)")
     with open(metrics_path, newline="") as f:
         rows = list(csv.DictReader(f))
+    if len(rows) < config.recipe.epochs:
+        raise CCTError(f"{run}: the run stopped after epoch {len(rows)} of {config.recipe.epochs}, and a card describes "
+                       f"a finished run: finish it first (`cct train --resume {run}`)")
     model, header = load_checkpoint(run / "best.safetensors")
     data_dir = data_dir or config.data_dir
     (test,) = load_dataset(config.dataset, data_dir, model.config.img_size, model.config.in_chans, splits=("test",))
