@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -19,6 +18,8 @@ from .errors import CCTError
 from .files import make_folder
 from .pretrained import DEFAULT_MODEL
 from .validation import integer
+
+LAUNCHED = "CCT_LAUNCHED"  # set for the ranks that `cct train --nproc N` starts: one report of an error or interrupt
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -65,9 +66,7 @@ def _train(args: argparse.Namespace) -> None:
             require_gpus(nproc)
         # each rank sets its own thread count (`Runtime.resolve`); set here, torchrun's banner about it stays away
         threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, available_cpus() // nproc)))}
-        return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                f"--nproc_per_node={nproc}", "-m", "cct", *_without_nproc(args.argv)],
-                               env={**os.environ, **threads})
+        return _launch(nproc, _without_nproc(args.argv), threads)
     if args.resume:
         moved = {key: getattr(args, key) for key in ("dataset", "data_dir") if key in given}
         if "dataset" not in moved:
@@ -103,9 +102,64 @@ def _train_run(run, resume: bool = False) -> int:
     except KeyboardInterrupt:
         if not (run.out and (Path(run.out) / "state.safetensors").is_file()):
             raise
-        print(f"cct: interrupted; `cct train --resume {run.out}` continues from the last saved state", file=sys.stderr)
+        if _speaks():
+            print(f"cct: interrupted; `cct train --resume {run.out}` continues from the last saved state",
+                  file=sys.stderr)
         return 130
     return 0
+
+
+def _launch(nproc: int, argv: list[str], env: dict[str, str]) -> int:
+    """`torchrun --standalone --nproc_per_node NPROC -m cct ARGV`, run in this process. Its ranks hand an error
+    to it (`_error`), which prints the error once instead of once per rank with torchrun's report and traceback;
+    rank 0 alone says it was interrupted."""
+    import logging
+    import signal
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    torchrun_log = logging.getLogger("torch.distributed.elastic")  # its warnings as it stops the other ranks
+    saved_environ = dict(os.environ)
+    os.environ.update(env, **{LAUNCHED: "1"})  # what the ranks inherit
+    quiet = logging.NullHandler()
+    torchrun_log.addHandler(quiet)
+    torchrun_log.propagate = False
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cct", *argv]))
+    except SignalException:
+        return 130
+    except ChildFailedError as e:
+        # the rank that reported an error first; else one that failed unasked, not one that torchrun stopped
+        rank, failure = min(e.failures.items(), key=lambda item: (
+            "cct_error" not in item[1].error_file_data, item[1].exitcode == -signal.SIGTERM, item[0]))
+        if "cct_error" in failure.error_file_data:
+            raise CCTError(failure.error_file_data["cct_error"]) from None
+        how = f"was stopped by {failure.signal_name()}" if failure.exitcode < 0 else \
+            f"exited with status {failure.exitcode}"
+        raise CCTError(f"training process {rank} of {nproc} {how}") from None
+    finally:
+        torchrun_log.removeHandler(quiet)
+        torchrun_log.propagate = True
+        os.environ.clear()
+        os.environ.update(saved_environ)
+    return 0
+
+
+def _speaks() -> bool:
+    """Whether this process reports errors and interrupts: any but the ranks of `cct train --nproc N` other than
+    rank 0."""
+    return not os.environ.get(LAUNCHED) or os.environ.get("RANK") == "0"
+
+
+def _error(message: str) -> None:
+    """A one-line error on stderr; a rank of `cct train --nproc N` hands it to the launching process instead (in its
+    torchelastic error file), which prints the first one."""
+    if os.environ.get(LAUNCHED) and os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(
+            json.dumps({"message": message, "cct_error": message}))
+    else:
+        print(f"cct: error: {message}", file=sys.stderr)
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -509,10 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except CCTError as e:
-        print(f"cct: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 1
     except KeyboardInterrupt:
-        print("cct: interrupted", file=sys.stderr)
+        if _speaks():
+            print("cct: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`cct models | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush does not fail again

@@ -4,10 +4,13 @@ those of one process training on the whole global batches."""
 import csv
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -91,6 +94,39 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch, capfd):
     assert main(["card", str(tmp_path / "run")]) == 0
     assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in \
         (tmp_path / "run" / "card" / "README.md").read_text()
+
+
+def test_a_failed_or_interrupted_nproc_run_says_so_once(tmp_path, monkeypatch, capfd):
+    # each rank printed the error, then torchrun its warnings, a traceback of its own and a report (43 lines)
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    shutil.rmtree(data / "test")
+    monkeypatch.setenv("PYTHONPATH", os.getcwd())
+    environ = dict(os.environ)
+    assert main(["train", "--nproc", "2", "--model", "cct_2_3x2_32", "--dataset", str(data), "--epochs", "1"]) == 1
+    assert capfd.readouterr().err == (f"cct: error: {data}: no test/ folder beside its train/ (expected "
+                                      f"{data}/test/<class>/<image>)\n")
+    assert dict(os.environ) == environ  # what the ranks inherited is not left behind
+    # Ctrl-C reaches every process of the terminal's group: rank 0 alone says how to go on
+    write_color_dataset(tmp_path / "more", per_class=8)
+    command = [sys.executable, "-m", "cct", "train", "--nproc", "2", "--model", "cct_2_3x2_32", "--dataset",
+               str(tmp_path / "more"), "--epochs", "1000", "--batch-size", "4", "--val-size", "0"]
+
+    def stopped_in_epoch_2(out: str, stop) -> tuple[int, str]:
+        training = subprocess.Popen([*command, "--out", out], cwd=tmp_path, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        for line in training.stdout:
+            if line.startswith("epoch   2/"):  # the state of epoch 1 is saved
+                stop(training.pid)
+                break
+        return training.wait(timeout=60), training.stderr.read()
+
+    assert stopped_in_epoch_2("run", lambda pid: os.killpg(pid, signal.SIGINT)) == (
+        130, "cct: interrupted; `cct train --resume run` continues from the last saved state\n")
+    # a rank killed outright is named (after rank 0's error of a broken connection, if it saw one)
+    status, err = stopped_in_epoch_2("killed", lambda pid: next(
+        p for p in psutil.Process(pid).children() if p.environ()["RANK"] == "1").kill())
+    assert status == 1 and err.count("cct: error") == 1
+    assert err.splitlines()[-1] == "cct: error: training process 1 of 2 was stopped by SIGKILL"
 
 
 def test_data_parallel_cuda_training_needs_a_gpu_per_process():
