@@ -175,9 +175,10 @@ def contender_rates(label: str, runtime: Runtime, args: argparse.Namespace, flop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["cct_keras", "cct_7_3x1_32"])
-    parser.add_argument("--steps", type=int, default=20)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["cct_keras", "cct_7_3x1_32"], help="models to time")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps a round, training and inference")
     parser.add_argument("--batch", type=int, default=128, help="training batch")
     parser.add_argument("--infer-batch", type=int, default=256, help="inference batch")
     parser.add_argument("--compile", action="store_true", help="also time our runtime with torch.compile")

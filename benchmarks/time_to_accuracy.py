@@ -18,7 +18,7 @@ from cct.training import RunConfig, get_recipe, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="cct_4_3x2_32")
     parser.add_argument("--recipe", default="fast")
     parser.add_argument("--data-dir", default="../shared/data/cifar10")
