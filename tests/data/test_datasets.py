@@ -208,6 +208,15 @@ def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2))
     assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path)]) == 0
     assert f"on {tmp_path} test (2 images): top-1" in capsys.readouterr().out
+    # a folder of test images alone is evaluated (it needed a train/ folder beside it); training still needs one
+    shutil.rmtree(tmp_path / "train")
+    assert load_dataset(str(tmp_path), tmp_path, splits=("test",))[0].labels.tolist() == [0, 1]
+    assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path)]) == 0
+    assert f"on {tmp_path} test (2 images): top-1" in capsys.readouterr().out
+    with pytest.raises(CCTError, match=f"no train/ folder beside its test/ \\(expected {tmp_path}/train/<class>"):
+        load_dataset(str(tmp_path), tmp_path)
+    with pytest.raises(CCTError, match="a folder of class folders, without test/: move them to test/<class>/"):
+        load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
     write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=20)
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
         tar.extractall(tmp_path / "cifar", filter="data")

@@ -196,7 +196,7 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
 def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3, download_missing: bool = True,
                  splits: tuple[str, ...] = ("train", "test")) -> tuple[ImageTensors, ...]:
     """The `splits` (train, test; only those are read) of a dataset by name: "cifar10", "cifar100", or a folder
-    holding train/ and test/ folders of classes, the same in both.
+    holding train/ and test/ folders of classes, the same in both (test/ alone where only the test split is read).
     A folder's training images come in a fixed shuffled order (seed 0), as CIFAR's do: the last ones, which
     validate (`Recipe.val_size`), and the first, which `limit_train` keeps, are then a sample of every class,
     not the last or first class folders. A folder's images are read with `channels` (the model's in_chans)."""
@@ -206,26 +206,30 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
             raise CCTError(f"{name}: its images are RGB, so the model's in_chans must be 3, not {channels}")
         return load_cifar(name, data_dir, download_missing, splits=splits)
     root = Path(name)
-    missing = [split for split in ("train", "test") if not (root / split).is_dir()]
-    if len(missing) == 1:
-        present = "test" if missing == ["train"] else "train"
-        raise CCTError(f"{name}: no {missing[0]}/ folder beside its {present}/ (expected {name}/{missing[0]}/<class>/"
-                       "<image>)")
+    present = [split for split in ("train", "test") if (root / split).is_dir()]
+    missing = [split for split in splits if split not in present]
+    if missing and present:
+        raise CCTError(f"{name}: no {missing[0]}/ folder beside its {present[0]}/ (expected {name}/{missing[0]}/"
+                       "<class>/<image>)")
     if missing:
         if root.is_dir() and _subfolders(root):
-            raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
-                           "class's images out as test/<class>/, and move the rest to train/<class>/")
+            split_up = ("hold a share of each class's images out as test/<class>/, and move the rest to "
+                        "train/<class>/" if "train" in splits else "move them to test/<class>/")
+            raise CCTError(f"{name}: a folder of class folders, without {' and '.join(f'{s}/' for s in splits)}: "
+                           f"{split_up}")
         if not root.exists():
             raise CCTError(f"{name}: no such folder, nor a dataset name ({', '.join(CIFAR)})")
-        raise CCTError(f"{name}: not a dataset folder (expected {name}/train/<class>/<image> and "
-                       f"{name}/test/<class>/<image>)")
-    train, test = class_folders(root / "train"), class_folders(root / "test")
-    if train != test:
-        differ = (("train", set(train) - set(test)), ("test", set(test) - set(train)))
+        raise CCTError(f"{name}: not a dataset folder (expected "
+                       f"{' and '.join(f'{name}/{split}/<class>/<image>' for split in splits)})")
+    classes = {split: class_folders(root / split) for split in present}
+    if len(classes) == 2 and classes["train"] != classes["test"]:
+        differ = (("train", set(classes["train"]) - set(classes["test"])),
+                  ("test", set(classes["test"]) - set(classes["train"])))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in differ if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
-    if len(train) < 2:
-        raise CCTError(f"{root}: one class folder ({train[0]}); a classifier needs two or more")
+    first = classes[present[0]]
+    if len(first) < 2:
+        raise CCTError(f"{root}: one class folder ({first[0]}); a classifier needs two or more")
     loaded = [load_image_folder(root / split, img_size, channels) for split in splits]
     return tuple(data.shuffled() if split == "train" else data for split, data in zip(splits, loaded))
 
