@@ -147,8 +147,8 @@ def _launch(nproc: int, argv: list[str], env: dict[str, str]) -> int:
 
 
 def _speaks() -> bool:
-    """Whether this process reports errors and interrupts: any but the ranks of `cct train --nproc N` other than
-    rank 0."""
+    """Whether this process says it was interrupted: any but the ranks of `cct train --nproc N` other than rank 0
+    (their errors go to the launching process, `_error`)."""
     return not os.environ.get(LAUNCHED) or os.environ.get("RANK") == "0"
 
 
