@@ -65,16 +65,17 @@ def test_predict_prints_top_k_for_any_image(tmp_path, checkpoint, capsys):
 def test_predict_takes_folders_of_images(tmp_path, checkpoint, capsys):
     # a folder was "not a readable image (IsADirectoryError)"
     (tmp_path / "photos" / "deeper").mkdir(parents=True)
-    for name in ("b.png", "a.jpg", "deeper/c.webp", ".hidden.png"):
+    for name in ("b.png", "a.jpg", "deeper/c.webp", "deeper/d.avif", ".hidden.png"):  # AVIF was left out
         write_image(tmp_path / "photos" / name, (40, 30))
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
     (tmp_path / "empty").mkdir()
     folders = [str(tmp_path / "photos"), str(tmp_path / "empty")]
     assert main(["predict", "-c", str(checkpoint), *folders, "--top-k", "1"]) == 1
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[::2] == [str(tmp_path / "photos" / n) for n in ("a.jpg", "b.png", "deeper/c.webp")]
-    assert captured.err.strip() == f"cct: error: {tmp_path / 'empty'}: a folder without images (.bmp, .gif, .jpeg, " \
-                                   ".jpg, .png, .tif, .tiff, .webp)"
+    assert captured.out.splitlines()[::2] == [str(tmp_path / "photos" / n)
+                                              for n in ("a.jpg", "b.png", "deeper/c.webp", "deeper/d.avif")]
+    assert captured.err.strip() == f"cct: error: {tmp_path / 'empty'}: a folder without images (.avif, .bmp, .gif, " \
+                                   ".jpeg, .jpg, .png, .tif, .tiff, .webp)"
 
 
 def test_predict_answers_a_large_folder_in_order_as_one_json_list_and_takes_images_after_options(

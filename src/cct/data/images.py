@@ -15,7 +15,9 @@ from PIL import Image, ImageOps
 from ..errors import CCTError
 from ..runtime import available_cpus
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# AVIF where this Pillow reads it (its wheels do since 11.2)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                  *({".avif"} & set(Image.registered_extensions()))}
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (decompression bombs)
 
 
