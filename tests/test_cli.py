@@ -274,7 +274,9 @@ def test_evaluate_prints_json_with_the_confusion_matrix(tmp_path, capsys):
     path = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2,
                                                                          class_names=("blue", "red")))
     assert main(["evaluate", "-c", str(path), "--dataset", str(data), "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = json.loads(out)
+    assert f'"confusion": [\n    {printed["confusion"][0]},\n    {printed["confusion"][1]}\n  ],' in out  # a row a line
     model, header = load_checkpoint(path)
     expected = evaluate_saved(model, header, load_dataset(str(data), "data", 32, 3, splits=("test",))[0])
     assert printed["images"] == 12 and printed["top1"] == pytest.approx(expected.top1)

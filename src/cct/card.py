@@ -15,7 +15,7 @@ from .data import load_dataset
 from .data.datasets import count_images, recorded_dataset, require_classes
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
-from .files import make_folder, temporary_path
+from .files import make_folder, temporary_path, to_json
 from .models import count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
@@ -63,12 +63,12 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                        "model": model.config.to_dict(), "dataset": Path(config.dataset).name,
                        "recipe": config.recipe.to_dict(), "runtime": asdict(config.runtime),
                        "init_from": config.init_from, "results": summary}
-        (staging / "config.json").write_text(json.dumps(card_config, indent=2) + "\n")
+        (staging / "config.json").write_text(to_json(card_config) + "\n", encoding="utf-8")
         plot_training_curves(rows, staging / FIGURES["curves"])
         plot_architecture(model, staging / FIGURES["architecture"])
         plot_confusion_matrix(result.confusion, test.classes, staging / FIGURES["confusion"],
                               f"{model.config.name} on {card_config['dataset']}: top-1 {result.top1:.2%}")
-        (staging / "README.md").write_text(_readme(model, config, summary, rows, result))
+        (staging / "README.md").write_text(_readme(model, config, summary, rows, result), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

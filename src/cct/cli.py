@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CCTError
-from .files import make_folder
+from .files import make_folder, to_json
 from .pretrained import DEFAULT_MODEL
 from .validation import integer
 
@@ -225,11 +225,10 @@ def _evaluate(args: argparse.Namespace) -> None:
                           f"{model.config.name} on {named}: top-1 {result.top1:.2%}")
     flip = bool(header["info"].get("tta_flip"))
     if args.json:
-        print(json.dumps({"model": model.config.name, "dataset": dataset, "images": len(test), "tta_flip": flip,
-                          "top1": result.top1, "top5": result.top5, "loss": result.loss,
-                          "per_class": dict(zip(test.classes, result.per_class)),
-                          "confusion": result.confusion.tolist(), "confusion_png": str(out)}, indent=2,
-                         ensure_ascii=False))
+        print(to_json({"model": model.config.name, "dataset": dataset, "images": len(test), "tta_flip": flip,
+                       "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                       "per_class": dict(zip(test.classes, result.per_class)),
+                       "confusion": result.confusion.tolist(), "confusion_png": str(out)}))
         return
     print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
           f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
@@ -260,8 +259,8 @@ def _predict(args: argparse.Namespace) -> int:
         predictions = classifier.predict(list(readable.values()), args.top_k)
         for path, prediction in zip(readable, predictions):
             if args.json:
-                item = json.dumps({"image": path, "labels": prediction.labels,
-                                   "probabilities": prediction.probabilities}, indent=2, ensure_ascii=False)
+                item = to_json({"image": path, "labels": prediction.labels,
+                                "probabilities": prediction.probabilities})
                 print(("[\n" if not answered else ",\n") + textwrap.indent(item, "  "), end="")
             else:
                 print(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from contextlib import contextmanager
@@ -9,6 +10,21 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import CCTError
+
+
+def to_json(value, level: int = 0) -> str:
+    """JSON as a person reads it, characters as written: an object a field a line, a list of numbers or names on
+    one line (the betas, the class names), a list of lists or objects an item a line (a confusion matrix's rows)."""
+    inner = "  " * (level + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(key, ensure_ascii=False)}: {to_json(item, level + 1)}"
+                 for key, item in value.items()]
+    elif isinstance(value, (list, tuple)) and any(isinstance(item, (dict, list, tuple)) for item in value):
+        items = [inner + to_json(item, level + 1) for item in value]
+    else:
+        return json.dumps(value, ensure_ascii=False)
+    opening, closing = "{}" if isinstance(value, dict) else "[]"
+    return f"{opening}\n" + ",\n".join(items) + f"\n{'  ' * level}{closing}"
 
 
 def make_folder(folder: Path) -> None:

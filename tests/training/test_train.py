@@ -36,6 +36,9 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["recipe"] == json.loads(json.dumps(run.recipe.to_dict()))  # every field, tuples as lists
     assert saved["model_config"]["class_names"] == ["blue", "red"]
+    # printed and saved as a person reads it: a list a line (the betas took four, the stages ten)
+    assert '\n    "betas": [0.9, 0.999],\n' in (out / "config.json").read_text()
+    assert '\n    "class_names": ["blue", "red"]\n' in (out / "config.json").read_text()
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert all(0 <= float(r["val_acc"]) <= 1 and float(r["seconds"]) > 0 for r in rows)

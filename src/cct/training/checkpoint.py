@@ -13,7 +13,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 
 from ..errors import CCTError
-from ..files import atomic_write
+from ..files import atomic_write, to_json
 from ..models import CCT, CCTConfig
 
 FORMAT = "cct-checkpoint/1"
@@ -58,7 +58,7 @@ def save_checkpoint(path: str | Path, model: CCT, info: dict | None = None) -> P
     path = Path(path).with_suffix(".safetensors")
     header = write_tensors(path, model.state_dict(), {"format": FORMAT, "model": model.config.to_dict(),
                                                       "info": info or {}})
-    atomic_write(path.with_suffix(".json"), json.dumps(header, indent=2) + "\n")
+    atomic_write(path.with_suffix(".json"), to_json(header) + "\n")
     return path
 
 

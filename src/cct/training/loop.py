@@ -23,7 +23,7 @@ from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..data.datasets import require_classes
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
-from ..files import atomic_write, lock_run_folder, make_folder
+from ..files import atomic_write, lock_run_folder, make_folder, to_json
 from ..models import CCT, CCTConfig, adapted, adapted_config, count_parameters, model_config
 from ..pretrained import from_pretrained
 from ..plots import plot_training_curves
@@ -58,7 +58,7 @@ class RunConfig:
     model_config: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return to_json(asdict(self))
 
     @classmethod
     def from_run(cls, source: str | Path) -> "RunConfig":
@@ -68,7 +68,7 @@ class RunConfig:
         if Path(source).is_file() and path != Path(source):
             raise CCTError(f"{source}: a file, not a run folder or a run's config.json")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(data, dict) and "library_name" in data:  # what `cct card` writes
                 raise CCTError("a model card's config, not a run's (the card's README.md gives the `cct train` "
                                "command that trains it)")
@@ -331,7 +331,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     summary = {"best_epoch": header["info"]["epoch"], "test_top1": result.top1, "test_top5": result.top5,
                "test_images": len(test), "per_class": dict(zip(test.classes, result.per_class)),
                "train_seconds": sum(r["seconds"] for r in rows)}
-    atomic_write(out / "test.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write(out / "test.json", to_json(summary) + "\n")
     if board:
         board.add_scalar("test/top1", result.top1, summary["best_epoch"])
         board.add_scalar("test/top5", result.top5, summary["best_epoch"])
