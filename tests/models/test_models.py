@@ -226,10 +226,22 @@ def test_an_unknown_model_config_field_names_the_one_meant(field, hint):
     ({"mean": (0.5, 0.5)}, r"mean: expected 3 values \(in_chans\), got \[0.5, 0.5\]"),
     ({"class_names": ("cat",)}, r"class_names: expected 10 names \(num_classes\) or none, got 1"),
     ({"in_chans": 1, "std": (0.2, 0.2, 0.2)}, r"std: expected 1 value \(in_chans\), got \[0.2, 0.2, 0.2\]"),
+    # the heads were 42 wide, 126 of the 128 features attended to
+    ({"num_heads": 3}, r"num_heads: embed_dim 128 does not split into 3 heads \(give heads that divide it, or a "
+                       r"head_dim\)"),
 ])
 def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
     with pytest.raises(cct.CCTError, match=f"^model config field {message}$"):
         cct.create_model("cct_2_3x2_32", **overrides)
+
+
+def test_a_head_dim_sets_the_width_of_every_head_in_both_styles():
+    # a paper-style model ignored it (`--model-arg head_dim=32` trained heads of 64)
+    for name, style_default in (("cct_2_3x2_32", 64), ("cct_keras", 128)):
+        assert cct.create_model(name).blocks[0].attn.head_dim == style_default
+        model = cct.create_model(name, head_dim=32, num_heads=3)
+        assert all((b.attn.num_heads, b.attn.head_dim, b.attn.query.out_features) == (3, 32, 96) for b in model.blocks)
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -278,7 +290,7 @@ def test_keras_block_applies_gelu_after_both_mlp_layers():
 
 def test_paper_block_normalises_the_stream_after_attention():
     torch.manual_seed(0)
-    block = PaperEncoderBlock(16, 2, 2.0, 0.0, 0.0, 0.0).eval()
+    block = PaperEncoderBlock(16, 2, None, 2.0, 0.0, 0.0, 0.0).eval()
     torch.nn.init.zeros_(block.fc2.weight)
     torch.nn.init.zeros_(block.fc2.bias)
     x = torch.randn(4, 5, 16) * 3 + 2

@@ -54,6 +54,9 @@ class CCTConfig:
             if len(getattr(self, name)) != self.in_chans:
                 raise CCTError(f"model config field {name}: expected {self.in_chans} value"
                                f"{'s' * (self.in_chans > 1)} (in_chans), got {list(getattr(self, name))}")
+        if self.head_dim is None and self.embed_dim % self.num_heads:
+            raise CCTError(f"model config field num_heads: embed_dim {self.embed_dim} does not split into {self.num_heads} "
+                           "heads (give heads that divide it, or a head_dim)")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CCTError(f"model config field class_names: expected {self.num_classes} names (num_classes) "
                            f"or none, got {len(self.class_names)}")
@@ -125,11 +128,11 @@ class CCT(nn.Module):
         drop_paths = torch.linspace(0, c.stochastic_depth, c.num_layers, dtype=torch.float64).tolist()
         if c.style == "keras":
             self.blocks = nn.Sequential(*(
-                KerasEncoderBlock(c.embed_dim, c.num_heads, c.head_dim or c.embed_dim // c.num_heads, c.mlp_ratio,
-                                  c.dropout, c.attention_dropout, p) for p in drop_paths))
+                KerasEncoderBlock(c.embed_dim, c.num_heads, c.head_dim, c.mlp_ratio, c.dropout, c.attention_dropout, p)
+                for p in drop_paths))
         else:
             self.blocks = nn.Sequential(*(
-                PaperEncoderBlock(c.embed_dim, c.num_heads, c.mlp_ratio, c.dropout, c.attention_dropout, p)
+                PaperEncoderBlock(c.embed_dim, c.num_heads, c.head_dim, c.mlp_ratio, c.dropout, c.attention_dropout, p)
                 for p in drop_paths))
         self.norm = nn.LayerNorm(c.embed_dim, eps=1e-5)
         self.pool = SequencePooling(c.embed_dim) if c.pooling == "sequence" else None

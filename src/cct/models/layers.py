@@ -325,12 +325,12 @@ class PaperEncoderBlock(nn.Module):
     (B, N, D) -> (B, N, D).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, attention_dropout: float,
-                 drop_path: float):
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None, mlp_ratio: float, dropout: float,
+                 attention_dropout: float, drop_path: float):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.pre_norm = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, attention_dropout=attention_dropout, projection_dropout=dropout)
+        self.attn = Attention(dim, num_heads, head_dim, attention_dropout=attention_dropout, projection_dropout=dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
@@ -352,7 +352,7 @@ class KerasEncoderBlock(nn.Module):
     (B, N, D) -> (B, N, D).
     """
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, dropout: float,
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None, mlp_ratio: float, dropout: float,
                  attention_dropout: float, drop_path: float):
         super().__init__()
         hidden = int(dim * mlp_ratio)
