@@ -30,15 +30,16 @@ def test_models_lists_names_parameters_and_macs(capsys):
     assert main(["models", "cct_2_*"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["name", "params", "MACs"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert lines[-1] == "also named: cct_keras = cct_2_3x2_32_keras"  # the name the README's commands use
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert set(rows) == {"cct_2_3x2_32", "cct_2_3x2_32_keras", "cct_2_3x2_32_sine"}
     assert rows["cct_2_3x2_32_keras"][1] == "416,331" and rows["cct_2_3x2_32"][2] == "0.033G"
     assert main(["models", "cct_keras"]) == 0  # an alias: the model it names (it printed an empty table)
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["cct_2_3x2_32_keras"]
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]] == ["cct_2_3x2_32_keras"]
     assert main(["models", "cct_99*"]) == 1  # it printed the header of an empty table
     assert capsys.readouterr().err == "cct: error: no model matches 'cct_99*' (`cct models` lists them all)\n"
     assert main(["models", "--pretrained"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:-1]]
     assert [(row[0], row[6]) for row in rows] == [("cct_2_3x2_32_keras", "(77.45%)"), ("cct_4_3x2_32", "(86.51%)")]
     assert main(["models", "cct_7*", "--pretrained"]) == 1
     assert "no model with bundled weights matches 'cct_7*'" in capsys.readouterr().err
