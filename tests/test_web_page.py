@@ -40,8 +40,11 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
         expected = classifier.predict(image, top_k=5)
         browser.get(server.url + "/")
         WebDriverWait(browser, 20).until(lambda d: "cct_2_3x2_32_keras" in d.find_element(By.ID, "model").text)
+        # before an upload the results stay hidden (a broken image and an empty caption showed)
+        assert not browser.find_element(By.ID, "output").is_displayed()
         browser.find_element(By.ID, "file").send_keys(str(image))
         WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == 5)
+        assert browser.find_element(By.ID, "output").is_displayed()
         labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results li .label")]
         shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results li .prob")]
         assert labels == expected.labels
@@ -53,6 +56,23 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
         (tmp_path / "notes.png").write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
         WebDriverWait(browser, 20).until(lambda d: "not a readable image" in d.find_element(By.ID, "error").text)
+        assert not browser.find_element(By.ID, "output").is_displayed()  # not the last image's results
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_class_token_model_shows_no_heatmap_figure(tmp_path, browser):
+    # its caption "sequence-pooling weights" showed beside no heatmap
+    server = PredictionServer(("127.0.0.1", 0), cct.Classifier(cct.create_model("vit_lite_6_4_32")))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        browser.get(server.url + "/")
+        WebDriverWait(browser, 20).until(lambda d: "vit_lite_6_4_32" in d.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "file").send_keys(str(write_image(tmp_path / "photo.png", (40, 40))))
+        WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == 5)
+        assert browser.find_element(By.ID, "preview").is_displayed()
+        assert not browser.find_element(By.ID, "pooling").is_displayed()
     finally:
         server.shutdown()
         server.server_close()
