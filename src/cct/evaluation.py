@@ -64,8 +64,9 @@ def class_accuracy(accuracy: float | None) -> str:
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Metrics:
     loss = F.cross_entropy(logits, labels).item()
     top = logits.topk(min(5, num_classes), dim=1).indices
-    top1 = (top[:, 0] == labels).sum().item() / len(labels)  # exact fractions (a float32 mean printed 31/60 as
-    top5 = (top == labels[:, None]).any(dim=1).sum().item() / len(labels)  # 0.5166666507720947)
+    # exact fractions (a float32 mean printed 31/60 as 0.5166666507720947)
+    top1 = (top[:, 0] == labels).sum().item() / len(labels)
+    top5 = (top == labels[:, None]).any(dim=1).sum().item() / len(labels)
     confusion = torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2)
     confusion = confusion.view(num_classes, num_classes)
     per_class = [hits / n if n else None for hits, n in zip(confusion.diag().tolist(), confusion.sum(1).tolist())]

@@ -17,8 +17,9 @@ def to_json(value, level: int = 0) -> str:
     one line (the betas, the class names), a list of lists or objects an item a line (a confusion matrix's rows)."""
     inner = "  " * (level + 1)
     if isinstance(value, dict) and value:
+        keys = [key if isinstance(key, str) else json.dumps(key) for key in value]  # as json.dumps writes them
         items = [f"{inner}{json.dumps(key, ensure_ascii=False)}: {to_json(item, level + 1)}"
-                 for key, item in value.items()]
+                 for key, item in zip(keys, value.values())]
     elif isinstance(value, (list, tuple)) and any(isinstance(item, (dict, list, tuple)) for item in value):
         items = [inner + to_json(item, level + 1) for item in value]
     else:
