@@ -298,7 +298,7 @@ def _read_images(paths: list[str], classifier, failures: list[str], chunk: int =
 def _report(failures: list[str]) -> int:
     """One error line each; the exit status."""
     for failure in failures:
-        print(f"cct: error: {failure}", file=sys.stderr)
+        _error(failure)
     return 1 if failures else 0
 
 
