@@ -158,14 +158,20 @@ def class_folders(root: Path) -> list[str]:
     return classes
 
 
+def _labelled_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The classes of a folder of class folders (`class_folders`) and its image files (`image_files`), each with the
+    index of its class."""
+    classes = class_folders(root)
+    return classes, [(path, label) for label, cls in enumerate(classes) for path in image_files(root / cls)]
+
+
 def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> ImageTensors:
     """A folder with one subfolder of images per class (sorted names are the classes; images in folders below a
     class folder count for it, as in torchvision's ImageFolder; hidden ones do not, see `image_files`), resized
     to img_size x img_size and read with `channels` (3: RGB, 1: grayscale) the way `cct predict` converts images.
     A class folder without images and unreadable files are errors naming them."""
     root = Path(root)
-    classes = class_folders(root)
-    files = [(path, label) for label, cls in enumerate(classes) for path in image_files(root / cls)]
+    classes, files = _labelled_files(root)
     labelled = {label for _, label in files}
     empty = [cls for label, cls in enumerate(classes) if label not in labelled]
     if empty:
@@ -239,8 +245,7 @@ def count_images(name: str, data_dir: str | Path, split: str) -> int:
     folder's image files, counted without decoding them."""
     if name in CIFAR:
         return len(load_cifar(name, data_dir, splits=(split,))[0])
-    root = Path(name) / split
-    return sum(len(image_files(root / cls)) for cls in class_folders(root))
+    return len(_labelled_files(Path(name) / split)[1])
 
 
 def recorded_dataset(name: str, trained: str | Path) -> str:
