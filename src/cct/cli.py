@@ -39,8 +39,8 @@ def _models(args: argparse.Namespace) -> None:
                             for w in BUNDLED if w.model == name)
         print(f"{name:<22} {count_parameters(model):>12,} {count_macs(model) / 1e9:>9.3f}G  "
               f"{c.img_size:>3}x{c.img_size:<3}  {c.num_classes:>7}  {weights}")
-    aliases = sorted(set(list_models(include_aliases=True)) - set(list_models()))
-    shown = [f"{alias} = {model_config(alias).name}" for alias in aliases if model_config(alias).name in names]
+    aliases = {alias: model_config(alias).name for alias in set(list_models(include_aliases=True)) - set(list_models())}
+    shown = [f"{alias} = {name}" for alias, name in sorted(aliases.items()) if name in names]
     if shown:
         print(f"also named: {', '.join(shown)}")
 
