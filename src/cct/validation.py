@@ -83,8 +83,9 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def did_you_mean(unknown: Iterable[str], known: Iterable[str]) -> str:
-    """"; did you mean X, Y?" with the known names spelled closest to the unknown ones, or "" for none."""
+def did_you_mean(unknown: Iterable[str], known: Iterable[str], n: int = 3) -> str:
+    """"; did you mean X, Y?" with the known names spelled closest to the unknown ones (up to `n` for each), or ""
+    for none."""
     known = list(known)
-    close = dict.fromkeys(match for name in unknown for match in difflib.get_close_matches(name, known, cutoff=0.6))
+    close = dict.fromkeys(match for name in unknown for match in difflib.get_close_matches(name, known, n=n))
     return f"; did you mean {', '.join(close)}?" if close else ""

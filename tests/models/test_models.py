@@ -203,7 +203,7 @@ def test_unknown_model_is_a_clear_error():
     with pytest.raises(cct.CCTError) as error:
         cct.create_model("cct_7_3x1")
     similar = "cct_7_3x1_32, cct_7_3x2_32, cct_6_3x1_32, cct_7_3x1_32_sine, cct_6_3x2_32"
-    assert str(error.value).endswith(f"similar: {similar}")
+    assert str(error.value).endswith(f"; did you mean {similar}?")
 
 
 @pytest.mark.parametrize("field, hint", [

@@ -6,7 +6,6 @@ cvt_{layers}_{patch}_{resolution}; a `_sine` suffix swaps the learnable position
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from dataclasses import fields, replace
 
@@ -66,8 +65,7 @@ def model_config(name: str, **overrides) -> CCTConfig:
     mean exactly, the std as if the channels were fully correlated, nearly so in photos)."""
     canonical = _ALIASES.get(name, name)
     if canonical not in _MODELS:
-        close = difflib.get_close_matches(name, list_models(include_aliases=True), n=5)
-        hint = f"; similar: {', '.join(close)}" if close else ""
+        hint = did_you_mean([name], list_models(include_aliases=True), n=5)
         raise CCTError(f"unknown model '{name}' (see `cct models`){hint}")
     known = sorted(f.name for f in fields(CCTConfig))
     for key in overrides:
