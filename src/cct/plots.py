@@ -75,9 +75,10 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
     ax.set_yticks(ticks, classes[:len(ticks)])
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if n <= 20:
+        fontsize = min(12.0, 14 * size / n)  # 7 points in cells of half an inch, larger in larger cells
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=fontsize,
                         color="white" if rates[i, j] > 0.5 else "black")
     _save(fig, path)
 
