@@ -447,21 +447,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "keras-example)")
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
     p.add_argument("--out", help="run folder, new or empty (default: runs/<model>-<dataset>-<time>)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto",
+                   help="where training runs: auto (default: cuda if there is a GPU, else cpu), cpu, cuda, cuda:1 or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype; auto: bf16 where the device computes it natively, else fp32")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    p.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--fold-attention", action=argparse.BooleanOptionalAction, default=True,
-                   help="attention with heads as wide as the model multiplies weights, not activations (same math)")
-    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="glibc keeps freed blocks for reuse instead of faulting fresh pages in each step")
-    p.add_argument("--mkl-avx2", action=argparse.BooleanOptionalAction, default=True,
-                   help="MKL runs its AVX2 kernels on CPUs with AVX2 not made by Intel (AMD's), not generic ones")
-    p.add_argument("--split-batch-threads", action=argparse.BooleanOptionalAction, default=True,
-                   help="on the CPU, training steps and fused inference split each batch between two threads, each "
-                        "with half the cores")
+    for flag, default, text in (
+            ("channels-last", True, "convolutions on channels-last tensors"),
+            ("compile", False, "torch.compile the model"),
+            ("fused-optimizer", True, "AdamW in one fused kernel, not torch's default implementation"),
+            ("fold-attention", True, "attention with heads as wide as the model multiplies weights, not activations "
+                                     "(same math)"),
+            ("keep-freed-memory", True, "glibc keeps freed blocks for reuse instead of faulting fresh pages in each "
+                                        "step"),
+            ("mkl-avx2", True, "MKL runs its AVX2 kernels on CPUs with AVX2 not made by Intel (AMD's), not generic "
+                               "ones"),
+            ("split-batch-threads", True, "on the CPU, training steps and fused inference split each batch between "
+                                          "two threads, each with half the cores")):
+        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=default,
+                       help=f"{text} (default: {'on' if default else 'off'})")
     p.add_argument("--threads", type=integer_in(1), help="CPU threads (default: one per available core)")
     p.add_argument("--init-from", metavar="SOURCE",
                    help="start from these weights (fine-tuning): a run folder, card folder or checkpoint, or a model "
