@@ -139,9 +139,14 @@ def test_paths_match_without_their_query_and_head_answers_as_get(server):
         assert int(response.headers["Content-Length"]) == len(page.encode())
 
 
-def test_unknown_paths(server):
-    assert request(server.url + "/nope")[0] == 404
-    assert request(server.url + "/api/nope", b"x")[0] == 404
+def test_unknown_paths_name_the_right_ones(server):
+    assert request(server.url + "/nope") == (404, {"error": "no such page: /nope (pages: /, /api/info)"})
+    assert request(server.url + "/predict", b"x") == (404, {"error": "no such endpoint: /predict (POST images to "
+                                                                     "/api/predict)"})
+    assert request(server.url + "/api/predict") == (405, {"error": "POST the image to /api/predict"})
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(server.url + "/api/predict", timeout=30)
+    assert error.value.headers["Allow"] == "POST"
 
 
 def test_a_stalled_client_times_out_without_blocking_others(server):

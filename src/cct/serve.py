@@ -121,6 +121,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "POST")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -139,15 +141,17 @@ class Handler(BaseHTTPRequestHandler):
             model = self.server.classifier.model
             self._json(HTTPStatus.OK, {"model": model.config.name, "classes": self.server.classifier.classes,
                                        "limits": asdict(self.server.limits)})
+        elif self.route == "/api/predict":
+            self._json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST the image to /api/predict"})
         else:
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.route}"})
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such page: {self.route} (pages: /, /api/info)"})
 
     do_HEAD = do_GET  # noqa: N815
 
     def do_POST(self) -> None:  # noqa: N802
         try:
             if self.route != "/api/predict":
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.route}")
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint: {self.route} (POST images to /api/predict)")
             body = self._body()
             content_type = self.headers.get("Content-Type", "")
             if content_type.startswith("multipart/form-data"):
