@@ -62,5 +62,7 @@ def test_bad_inputs_are_clear_errors(classifier):
         classifier.predict(torch.rand(3, 32, 32), top_k=0)
 
 
-def test_an_empty_list_gives_no_predictions(classifier):
+def test_an_empty_list_or_batch_gives_no_predictions(classifier):
     assert classifier.predict([]) == []
+    assert classifier.predict(np.zeros((0, 32, 32, 3), dtype=np.uint8)) == []
+    assert classifier.predict(torch.zeros(0, 3, 32, 32)) == []

@@ -69,7 +69,7 @@ class Classifier:
     def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
         if top_k < 1:
             raise CCTError(f"top_k must be at least 1, got {top_k}")
-        if isinstance(inputs, (list, tuple)) and not inputs:
+        if (isinstance(inputs, (list, tuple)) or _is_batch(inputs)) and len(inputs) == 0:
             return []
         images, single = self.to_batch(inputs)
         probabilities = predict_logits(self.forward, images, runtime=self.runtime).softmax(dim=1)
