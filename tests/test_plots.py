@@ -5,7 +5,7 @@ import warnings
 import torch
 from PIL import Image
 
-from cct.plots import CJK_FONTS, font_families, plot_confusion_matrix
+from cct.plots import CJK_FONTS, font_families, plot_confusion_matrix, plot_training_curves
 
 
 def test_a_confusion_matrix_of_many_classes_keeps_a_screens_size(tmp_path):
@@ -45,3 +45,18 @@ def test_class_names_in_chinese_and_japanese_are_drawn(tmp_path):
         warnings.simplefilter("error")  # a glyph that no font draws is a warning
         plot_confusion_matrix(torch.tensor([[3, 1], [0, 4]]), ["猫 cat", "犬 いぬ"], tmp_path / "cm.png", "猫と犬")
     assert Image.open(tmp_path / "cm.png").format == "PNG"
+
+
+def test_training_curves_mark_the_kept_epoch_and_draw_the_learning_rate(tmp_path):
+    lrs = [1e-3, 8e-4, 3e-4, 1e-5]
+    rows = [{"epoch": str(e), "train_loss": "1.0", "train_acc": "0.5", "val_loss": "1.0", "val_acc": str(acc),
+             "lr": str(lr)} for e, acc, lr in zip(range(1, 5), (0.3, 0.5, 0.5, 0.4), lrs)]
+    loss_ax, acc_ax, lr_ax = plot_training_curves(rows, tmp_path / "curves.png").axes
+    # the first epoch of the highest validation accuracy is the one training keeps
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["train", "val", "kept: epoch 2"]
+    assert list(acc_ax.lines[-1].get_xydata()[0]) == [2, 50]
+    assert list(lr_ax.lines[0].get_ydata()) == lrs
+    unvalidated = [{**row, "val_loss": "", "val_acc": ""} for row in rows]
+    _, acc_ax, _ = plot_training_curves(unvalidated, tmp_path / "curves.png").axes
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["train"]
+    assert Image.open(tmp_path / "curves.png").size == (1680, 480)

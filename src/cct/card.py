@@ -167,7 +167,7 @@ decoupled and multiplied by the learning rate (PyTorch's AdamW).
 
 ## Training metrics
 
-![loss and accuracy per epoch, train and validation]({FIGURES['curves']})
+![loss and accuracy per epoch, train and validation, the kept epoch marked; the learning rate at each epoch's end]({FIGURES['curves']})
 
 ## Model plot
 

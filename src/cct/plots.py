@@ -43,22 +43,33 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def plot_training_curves(rows: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch, train and validation (when the run had a validation set), from the rows of
-    metrics.csv."""
+def plot_training_curves(rows: list[dict], path: Path) -> Figure:
+    """Loss and accuracy per epoch, train and validation (when the run had a validation set), with the epoch kept
+    as the best (the first of the highest validation accuracy) marked, and the learning rate at each epoch's end,
+    from the rows of metrics.csv."""
     epochs = [int(r["epoch"]) for r in rows]
-    fig = Figure(figsize=(10, 4))
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for split in ("train", "val") if all(r.get("val_acc") not in (None, "") for r in rows) else ("train",):
+    fig = Figure(figsize=(14, 4))
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    validated = all(r.get("val_acc") not in (None, "") for r in rows)
+    for split in ("train", "val") if validated else ("train",):
         loss_ax.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], marker=".", label=split)
         acc_ax.plot(epochs, [100 * float(r[f"{split}_acc"]) for r in rows], marker=".", label=split)
+    if validated:
+        best = max(rows, key=lambda r: float(r["val_acc"]))  # the first of the highest, as training keeps it
+        acc_ax.plot(int(best["epoch"]), 100 * float(best["val_acc"]), marker="*", markersize=14, linestyle="none",
+                    color="black", label=f"kept: epoch {best['epoch']}")
+    lr_ax.plot(epochs, [float(r["lr"]) for r in rows], marker=".", color="tab:green")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
-    for ax in (loss_ax, acc_ax):
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate at the epoch's end")
+    for ax in (loss_ax, acc_ax, lr_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.grid(alpha=0.3)
-        ax.legend()
+    loss_ax.legend()
+    acc_ax.legend()
     _save(fig, path)
+    return fig
 
 
 def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
