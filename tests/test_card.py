@@ -55,7 +55,7 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_
                     "### Training hyperparameters", "## Training metrics", "## Model plot", "## Results"):
         assert section in readme
     assert SEED_COLUMNS in readme
-    assert "| AdamW | 0.001 | cosine to 1e-05 after 1 warmup epochs from 0 | 0.9 | 0.999 | 1e-08 | False | 0.05 |" \
+    assert "| AdamW | 0.001 | cosine to 1e-05 after 1 warmup epoch from 0 | 0.9 | 0.999 | 1e-08 | False | 0.05 |" \
         in readme
     assert f"top-1 **{expected.top1:.2%}**" in readme and "| blue |" in readme and "| red |" in readme
     assert "AutoAugment (CIFAR-10 policy)" in readme and "moving average" in readme

@@ -82,8 +82,9 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     c, r = model.config, config.recipe
     dataset = Path(config.dataset).name
     precision = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(config.runtime.precision, "float32")
-    schedule = "0.0" if r.schedule == "constant" else (
-        f"cosine to {r.min_lr:g} after {r.warmup_epochs:g} warmup epochs from {r.warmup_lr:g}")
+    warmup = (f" after {r.warmup_epochs:g} warmup epoch{'s' * (r.warmup_epochs != 1)} from {r.warmup_lr:g}"
+              if r.warmup_epochs else "")
+    schedule = (f"cosine to {r.min_lr:g}" if r.schedule == "cosine" else "constant" if warmup else "0.0") + warmup
     augment = [name for name, on in [(f"random crop with {r.crop_padding} px padding", r.crop_padding),
                                      (f"RandomResizedCrop scale {r.resized_crop_scale}", r.resized_crop_scale),
                                      ("horizontal flip", r.hflip), ("AutoAugment (CIFAR-10 policy)", r.auto_augment),
