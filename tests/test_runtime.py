@@ -19,6 +19,20 @@ def test_resolve_makes_every_choice_concrete():
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
 
 
+def test_a_runtime_in_words_names_more_threads_than_cores(monkeypatch):
+    cores = available_cpus()
+    precision = Runtime(device="cpu").resolve().precision
+    assert Runtime(device="cpu", threads=1).resolve().describe() == f"cpu {precision}, 1 thread"
+    crowded = Runtime(device="cpu", threads=cores + 2).resolve().describe()
+    assert crowded == f"cpu {precision}, {cores + 2} threads ({cores + 2} on {cores} cores: fewer would be faster)"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # torchrun's processes, each with the threads given
+    assert Runtime(device="cpu", threads=2).resolve().describe().endswith(f"({2 * cores} on {cores} cores: fewer "
+                                                                          "would be faster)")
+    assert Runtime(device="cpu", threads=1).resolve().describe() == f"cpu {precision}, 1 thread"
+    monkeypatch.undo()
+    Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
+
+
 @pytest.mark.parametrize("runtime", [Runtime(), Runtime(device="cpu"), Runtime(device="cpu", precision="fp32")])
 def test_an_unresolved_runtime_does_not_prepare_a_model(runtime):
     # torch said "Expected one of cpu, cuda, ... device type at start of device string: auto", or "'>=' not

@@ -67,8 +67,7 @@ class Runtime:
         precision = self.precision if self.precision != "auto" else ("bf16" if bf16_native(device) else "fp32")
         if precision == "fp16" and device.type != "cuda":
             raise CCTError("precision fp16 needs a CUDA device; use bf16 or fp32 here")
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
-        threads = self.threads or max(1, available_cpus() // local_processes)
+        threads = self.threads or max(1, available_cpus() // local_processes())
         if device.type == "cpu":
             torch.set_num_threads(threads)
             if self.keep_freed_memory:
@@ -76,6 +75,15 @@ class Runtime:
             if self.mkl_avx2:
                 mkl_avx2()
         return dataclasses.replace(self, device=str(device), precision=precision, threads=threads)
+
+    def describe(self) -> str:
+        """A resolved runtime in words, for a run's first lines: "cuda:0 bf16", "cpu bf16, 2 threads"; CPU threads
+        beyond the cores this machine's processes may run on are named, as they slow every op down."""
+        if self.torch_device.type != "cpu":
+            return f"{self.device} {self.precision}"
+        total, cores = self.threads * local_processes(), available_cpus()
+        crowded = f" ({total} on {cores} core{'s' * (cores > 1)}: fewer would be faster)" if total > cores else ""
+        return f"cpu {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}{crowded}"
 
     @property
     def torch_device(self) -> torch.device:
@@ -223,6 +231,11 @@ class BatchThreads:
             return list(self.pool.map(run, self.part_threads, *parts))
         finally:
             torch.set_num_threads(self.total)  # libgomp can hand a worker's thread count to this thread
+
+
+def local_processes() -> int:
+    """The training processes on this machine: torchrun's LOCAL_WORLD_SIZE, else 1."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def available_cpus() -> int:

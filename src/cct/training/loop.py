@@ -224,7 +224,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         atomic_write(out / "config.json", run.to_json() + "\n")
         print(f"run folder: {out}\n{run.to_json()}")
         print(f"{model.config.name}: {count_parameters(model):,} parameters | train {len(train_set):,} | "
-              f"val {len(val_set):,} | test {len(test):,} | {runtime.device} {runtime.precision} | "
+              f"val {len(val_set):,} | test {len(test):,} | {runtime.describe()} | "
               f"{ranks.world} process{'es' * (ranks.world > 1)}")
         if source is not None:
             held = "" if run.init_from == source.config.name else f" ({source.config.name})"
