@@ -229,6 +229,9 @@ def test_an_unknown_model_config_field_names_the_one_meant(field, hint):
     # the heads were 42 wide, 126 of the 128 features attended to
     ({"num_heads": 3}, r"num_heads: embed_dim 128 does not split into 3 heads \(give heads that divide it, or a "
                        r"head_dim\)"),
+    # an MLP of 0 hidden features trained, adding only fc2's bias
+    ({"mlp_ratio": 0.001}, r"mlp_ratio: 0.001 of embed_dim 128 leaves the MLP no hidden features \(at least "
+                           r"0.0078125\)"),
 ])
 def test_a_bad_model_config_field_is_a_clear_error(overrides, message):
     with pytest.raises(cct.CCTError, match=f"^model config field {message}$"):

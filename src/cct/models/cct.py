@@ -57,6 +57,9 @@ class CCTConfig:
         if self.head_dim is None and self.embed_dim % self.num_heads:
             raise CCTError(f"model config field num_heads: embed_dim {self.embed_dim} does not split into {self.num_heads} "
                            "heads (give heads that divide it, or a head_dim)")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise CCTError(f"model config field mlp_ratio: {self.mlp_ratio:g} of embed_dim {self.embed_dim} leaves the "
+                           f"MLP no hidden features (at least {1 / self.embed_dim:g})")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CCTError(f"model config field class_names: expected {self.num_classes} names (num_classes) "
                            f"or none, got {len(self.class_names)}")
