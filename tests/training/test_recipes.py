@@ -118,6 +118,18 @@ def test_progressive_resize_stages_leave_the_last_epochs_at_full_size():
     assert get_recipe("fast").with_overrides({"epochs": 1, "progressive_resize": []}).epochs == 1
 
 
+def test_a_schedule_that_rises_above_its_peak_lr_is_refused():
+    # each of these trained: a cosine "decay" up to twice the peak lr, a warmup down to it
+    with pytest.raises(CCTError, match=r"^recipe field min_lr: 1e-05 is above lr 5e-06, its peak; give a lower min_lr "
+                                       r"\(--recipe-arg min_lr=...\) or a higher lr$"):
+        get_recipe("fast").with_overrides({"lr": 5e-6})
+    with pytest.raises(CCTError, match=r"^recipe field warmup_lr: 0.01 is above lr 0.003"):
+        get_recipe("fast").with_overrides({"warmup_lr": 1e-2})
+    # where the field plays no part; and a run shorter than its warmup (a quick try of a long recipe) is taken
+    assert get_recipe("keras-example").with_overrides({"min_lr": 1e-2, "warmup_lr": 1e-2}).lr == 1e-3
+    assert get_recipe("small-cpu").with_overrides({"epochs": 2}).warmup_epochs == 3
+
+
 @pytest.mark.parametrize("field, bad, expected", [
     ("epochs", 0, "an integer of at least 1, got 0"),
     ("batch_size", 2.5, "an integer of at least 1, got 2.5"),

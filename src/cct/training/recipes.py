@@ -55,6 +55,10 @@ class Recipe:
 
     def __post_init__(self):
         check_fields(self, _FIELD_RULES, "recipe")
+        for name in ("min_lr", "warmup_lr"):
+            if getattr(self, name) > self.lr and (self.schedule == "cosine" if name == "min_lr" else self.warmup_epochs):
+                raise CCTError(f"recipe field {name}: {getattr(self, name):g} is above lr {self.lr:g}, its peak; give "
+                               f"a lower {name} (--recipe-arg {name}=...) or a higher lr")
         staged = sum(epochs for _, epochs in self.progressive_resize)
         if self.progressive_resize and staged >= self.epochs:
             shorter = [[size, epochs * (self.epochs - 1) // staged] for size, epochs in self.progressive_resize]
