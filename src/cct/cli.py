@@ -27,7 +27,8 @@ def _models(args: argparse.Namespace) -> None:
     from .pretrained import BUNDLED
 
     found = list_models(args.pattern, pretrained=args.pretrained, include_aliases=True)
-    names = sorted({model_config(name).name for name in found})
+    canonical = {model_config(name).name for name in found}
+    names = [name for name in list_models() if name in canonical]  # in list_models' order
     if not names:
         which = "model with bundled weights" if args.pretrained else "model"
         raise CCTError(f"no {which} matches '{args.pattern}' (`cct models` lists them all)")

@@ -105,6 +105,12 @@ def test_paper_tokenizer_matches_conv_relu_pool_in_outputs_and_gradients():
     assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
 
 
+def test_models_are_listed_in_natural_order():
+    # cct_14_7x2_224 came first, before cct_2_3x2_32 (`cct models` too)
+    assert cct.list_models("cct_*_3x2_32") == ["cct_2_3x2_32", "cct_4_3x2_32", "cct_6_3x2_32", "cct_7_3x2_32"]
+    assert cct.list_models("cct_*_7x2_224") == ["cct_7_7x2_224", "cct_14_7x2_224"]
+
+
 @pytest.mark.parametrize("name", cct.list_models())
 def test_every_variant_classifies_a_batch(name):
     model = cct.create_model(name).eval()

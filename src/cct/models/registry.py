@@ -7,6 +7,7 @@ cvt_{layers}_{patch}_{resolution}; a `_sine` suffix swaps the learnable position
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import fields, replace
 
 import torch
@@ -51,12 +52,13 @@ def _register_family() -> None:
 
 
 def list_models(pattern: str = "*", *, pretrained: bool = False, include_aliases: bool = False) -> list[str]:
-    """Registered names (and aliases, if asked) matching a shell-style pattern, sorted; with `pretrained`, as in
-    timm, only those with bundled weights."""
+    """Registered names (and aliases, if asked) matching a shell-style pattern, in natural order (cct_2 before
+    cct_14, as timm sorts); with `pretrained`, as in timm, only those with bundled weights."""
     names = [*_MODELS, *(_ALIASES if include_aliases else ())]
     bundled = {w.model for w in BUNDLED}
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern) and (not pretrained or
-                                                                       _ALIASES.get(n, n) in bundled))
+    return sorted((n for n in names if fnmatch.fnmatch(n, pattern) and (not pretrained or
+                                                                        _ALIASES.get(n, n) in bundled)),
+                  key=lambda name: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])
 
 
 def model_config(name: str, **overrides) -> CCTConfig:
