@@ -26,9 +26,9 @@ def test_a_runtime_in_words_names_more_threads_than_cores(monkeypatch):
     crowded = Runtime(device="cpu", threads=cores + 2).resolve().describe()
     assert crowded == f"cpu {precision}, {cores + 2} threads ({cores + 2} on {cores} cores: fewer would be faster)"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))  # torchrun's processes, each with the threads given
-    assert Runtime(device="cpu", threads=2).resolve().describe().endswith(f"({2 * cores} on {cores} cores: fewer "
-                                                                          "would be faster)")
-    assert Runtime(device="cpu", threads=1).resolve().describe() == f"cpu {precision}, 1 thread"
+    assert Runtime(device="cpu", threads=2).resolve().describe() == (f"cpu {precision}, 2 threads each ({2 * cores} on "
+                                                                     f"{cores} cores: fewer would be faster)")
+    assert Runtime(device="cpu", threads=1).resolve().describe() == f"cpu {precision}, 1 thread each"
     monkeypatch.undo()
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
 

@@ -77,13 +77,15 @@ class Runtime:
         return dataclasses.replace(self, device=str(device), precision=precision, threads=threads)
 
     def describe(self) -> str:
-        """A resolved runtime in words, for a run's first lines: "cuda:0 bf16", "cpu bf16, 2 threads"; CPU threads
-        beyond the cores this machine's processes may run on are named, as they slow every op down."""
+        """A resolved runtime in words, for a run's first lines: "cuda:0 bf16", "cpu bf16, 2 threads" ("1 thread
+        each" in each of torchrun's processes); CPU threads beyond the cores this machine's processes may run on
+        are named, as they slow every op down."""
         if self.torch_device.type != "cpu":
             return f"{self.device} {self.precision}"
         total, cores = self.threads * local_processes(), available_cpus()
         crowded = f" ({total} on {cores} core{'s' * (cores > 1)}: fewer would be faster)" if total > cores else ""
-        return f"cpu {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}{crowded}"
+        each = " each" if local_processes() > 1 else ""
+        return f"cpu {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}{each}{crowded}"
 
     @property
     def torch_device(self) -> torch.device:
