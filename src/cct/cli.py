@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="keras-example", help="a named recipe (`cct recipes` lists them; default: "
                    "keras-example)")
     p.add_argument("--data-dir", default="data", help="where CIFAR lives or is downloaded to (default: ./data)")
-    p.add_argument("--out", help="run folder, new or empty (default: runs/<model>-<dataset>-<time>)")
+    p.add_argument("--out", help="run folder, new or empty (default: runs/<model>-<dataset>-<time>, or with -2, -3, ... "
+                   "if a run started in the same second)")
     p.add_argument("--device", default="auto",
                    help="where training runs: auto (default: cuda if there is a GPU, else cpu), cpu, cuda, cuda:1 or mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

@@ -86,10 +86,12 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch, capfd):
     assert "OMP_NUM_THREADS" not in "".join(capfd.readouterr())
     assert (tmp_path / "run" / "test.json").is_file()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["processes"] == 2
-    # the run's config trains it again in as many processes, epoch for epoch
-    assert main(["train", "--config", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
-    assert json.loads((tmp_path / "again" / "config.json").read_text())["processes"] == 2
-    metrics = [[row[:-1] for row in csv.reader((tmp_path / run / "metrics.csv").open())] for run in ("run", "again")]
+    # the run's config trains it again in as many processes, epoch for epoch, into a folder rank 0 names for both
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(tmp_path / "run")]) == 0
+    (again,) = (tmp_path / "runs").iterdir()
+    assert json.loads((again / "config.json").read_text())["processes"] == 2
+    metrics = [[row[:-1] for row in csv.reader((folder / "metrics.csv").open())] for folder in (tmp_path / "run", again)]
     assert len(metrics[0]) == 2 and metrics[0] == metrics[1]  # every column but the seconds
     assert main(["card", str(tmp_path / "run")]) == 0
     assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in \

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import tarfile
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 import torch
@@ -49,6 +50,23 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert test["best_epoch"] == int(best_epoch)
     model, header = load_checkpoint(out)
     assert header["info"]["epoch"] == int(best_epoch)
+
+
+def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
+    # the default folder is named to the second: a loop of short runs wrote the second run over the first
+    class Noon(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 4, 12, 0, 0)
+
+    monkeypatch.setattr(cct.training.loop, "datetime", Noon)
+    data = write_color_dataset(tmp_path / "colors", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    outs = [train(RunConfig(model="cct_2_3x2_32", dataset=str(data),
+                            recipe=_tiny_recipe(epochs=1, val_size=0, seed=seed)))[0] for seed in (0, 1, 2)]
+    base = "runs/cct_2_3x2_32-colors-20261204-120000"
+    assert [str(out) for out in outs] == [base, f"{base}-2", f"{base}-3"]
+    assert [json.loads((out / "config.json").read_text())["recipe"]["seed"] for out in outs] == [0, 1, 2]
 
 
 def test_a_folder_trains_at_the_models_image_size(tmp_path, capsys):

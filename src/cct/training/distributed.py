@@ -51,6 +51,14 @@ class Ranks:
             dist.all_reduce(value)
         return value
 
+    def from_main(self, value):
+        """Rank 0's `value` (any picklable object), on every rank."""
+        if self.world > 1:
+            shared = [value]
+            dist.broadcast_object_list(shared, src=0)
+            return shared[0]
+        return value
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import time
@@ -215,9 +216,10 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         forward, lambda logits, targets: F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing),
         runtime, scaler, runtime.batch_parts() if ranks.world == 1 else 1)  # DDP: one backward per step
 
-    out = Path(run.out or Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
-                                       f"{datetime.now():%Y%m%d-%H%M%S}")
-    run.out = str(out)
+    if not run.out:  # rank 0 names the folder for every rank
+        run.out = ranks.from_main(str(_new_run_folder(Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
+                                                      f"{datetime.now():%Y%m%d-%H%M%S}")) if ranks.main else None)
+    out = Path(run.out)
     if ranks.main:
         make_folder(out)
         cleanup.enter_context(lock_run_folder(out))
@@ -339,6 +341,21 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
     print(f"{chosen} | test top-1 {result.top1:.2%} top-5 {result.top5:.2%} on {len(test):,} images")
     ranks.barrier()
     return out, result
+
+
+def _new_run_folder(base: Path) -> Path:
+    """`base`, or else `base`-2, -3, ...: the first of them that did not exist, made. Each is claimed by creating
+    it, so that runs started within the same second (a loop of short runs, two processes) get a folder each."""
+    make_folder(base.parent)
+    for n in itertools.count(1):
+        folder = base.with_name(base.name + (f"-{n}" if n > 1 else ""))
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CCTError(f"{folder}: cannot create the folder ({e.strerror or e})") from e
 
 
 def _check_new_run_folder(out: Path) -> None:
