@@ -217,8 +217,8 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         runtime, scaler, runtime.batch_parts() if ranks.world == 1 else 1)  # DDP: one backward per step
 
     if not run.out:  # rank 0 names the folder for every rank
-        run.out = ranks.from_main(str(_new_run_folder(Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-"
-                                                      f"{datetime.now():%Y%m%d-%H%M%S}")) if ranks.main else None)
+        named = Path("runs") / f"{model.config.name}-{Path(run.dataset).name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run.out = ranks.from_main(str(_new_run_folder(named)) if ranks.main else None)
     out = Path(run.out)
     if ranks.main:
         make_folder(out)

@@ -55,8 +55,8 @@ class Recipe:
 
     def __post_init__(self):
         check_fields(self, _FIELD_RULES, "recipe")
-        for name in ("min_lr", "warmup_lr"):
-            if getattr(self, name) > self.lr and (self.schedule == "cosine" if name == "min_lr" else self.warmup_epochs):
+        for name, used in (("min_lr", self.schedule == "cosine"), ("warmup_lr", self.warmup_epochs > 0)):
+            if used and getattr(self, name) > self.lr:
                 raise CCTError(f"recipe field {name}: {getattr(self, name):g} is above lr {self.lr:g}, its peak; give "
                                f"a lower {name} (--recipe-arg {name}=...) or a higher lr")
         staged = sum(epochs for _, epochs in self.progressive_resize)
