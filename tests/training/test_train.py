@@ -52,6 +52,16 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert header["info"]["epoch"] == int(best_epoch)
 
 
+def test_a_run_config_takes_a_recipes_name():
+    # recipe="fast" (timm-style) failed later with "'str' object has no attribute 'model_overrides'"
+    assert RunConfig(model="cct_4_3x2_32", dataset="photos", recipe="fast").recipe == RECIPES["fast"]
+    with pytest.raises(cct.CCTError, match=r"^unknown recipe 'fastest' \(choose from keras-example, fast, "):
+        RunConfig(model="cct_4_3x2_32", dataset="photos", recipe="fastest")
+    with pytest.raises(cct.CCTError, match=r"^recipe: expected a Recipe or a recipe's name \(see `cct recipes`\), "
+                                           r"got dict$"):
+        RunConfig(model="cct_4_3x2_32", dataset="photos", recipe={"epochs": 3})
+
+
 def test_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
     # the default folder is named to the second: a loop of short runs wrote the second run over the first
     class Noon(datetime):

@@ -31,7 +31,7 @@ from ..plots import plot_training_curves
 from ..runtime import Runtime
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Ranks
-from .recipes import Recipe
+from .recipes import Recipe, get_recipe
 from .state import load_state, save_state
 from .step import GradientStep
 
@@ -47,7 +47,7 @@ class RunConfig:
 
     model: str | None  # None with init_from: the model it holds
     dataset: str
-    recipe: Recipe
+    recipe: Recipe  # or a recipe's name, made the Recipe of that name
     data_dir: str = "data"
     out: str | None = None
     runtime: Runtime = field(default_factory=Runtime)
@@ -57,6 +57,13 @@ class RunConfig:
     processes: int = 1  # how many trained it (torchrun's world size)
     model_args: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.recipe, str):
+            self.recipe = get_recipe(self.recipe)
+        elif not isinstance(self.recipe, Recipe):
+            raise CCTError(f"recipe: expected a Recipe or a recipe's name (see `cct recipes`), got "
+                           f"{type(self.recipe).__name__}")
 
     def to_json(self) -> str:
         return to_json(asdict(self))
