@@ -52,9 +52,15 @@ def test_training_on_an_image_folder_learns_and_writes_a_complete_run(tmp_path):
     assert header["info"]["epoch"] == int(best_epoch)
 
 
-def test_a_run_config_takes_a_recipes_name():
-    # recipe="fast" (timm-style) failed later with "'str' object has no attribute 'model_overrides'"
-    assert RunConfig(model="cct_4_3x2_32", dataset="photos", recipe="fast").recipe == RECIPES["fast"]
+def test_a_run_config_takes_a_recipes_name_and_paths(tmp_path):
+    # recipe="fast" (timm-style) failed later with "'str' object has no attribute 'model_overrides'", and a
+    # pathlib path with "Object of type PosixPath is not JSON serializable"
+    run = RunConfig(model="cct_4_3x2_32", dataset=tmp_path / "photos", recipe="fast", data_dir=tmp_path,
+                    out=tmp_path / "run", init_from=tmp_path / "source")
+    assert run.recipe == RECIPES["fast"]
+    assert (run.dataset, run.data_dir, run.out, run.init_from) == tuple(str(tmp_path / name) for name in
+                                                                          ("photos", "", "run", "source"))
+    assert json.loads(run.to_json())["out"] == str(tmp_path / "run")
     with pytest.raises(cct.CCTError, match=r"^unknown recipe 'fastest' \(choose from keras-example, fast, "):
         RunConfig(model="cct_4_3x2_32", dataset="photos", recipe="fastest")
     with pytest.raises(cct.CCTError, match=r"^recipe: expected a Recipe or a recipe's name \(see `cct recipes`\), "

@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import math
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +60,9 @@ class RunConfig:
     model_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for name in ("dataset", "data_dir", "out", "init_from"):  # pathlib paths, as given, saved as strings
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         if isinstance(self.recipe, str):
             self.recipe = get_recipe(self.recipe)
         elif not isinstance(self.recipe, Recipe):
