@@ -72,6 +72,11 @@ def _train(args: argparse.Namespace) -> None:
         # each rank sets its own thread count (`Runtime.resolve`); set here, torchrun's banner about it stays away
         threads = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, available_cpus() // nproc)))}
         return _launch(nproc, _without_nproc(args.argv), threads)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # this process alone, or one of torchrun's ranks
+    if saved and saved.processes != processes and saved.runtime.threads:
+        # the run's CPU threads, shared among another number of processes
+        threads = max(1, saved.runtime.threads * saved.processes // processes)
+        saved = replace(saved, runtime=replace(saved.runtime, threads=threads))
     if args.resume:
         moved = {key: getattr(args, key) for key in ("dataset", "data_dir") if key in given}
         if "dataset" not in moved:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import cct
 
 from cct.cli import main
-from cct.runtime import Runtime
+from cct.runtime import Runtime, available_cpus
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
 from cct.training.distributed import require_gpus
 from tests.helpers import write_color_dataset
@@ -93,6 +93,11 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch, capfd):
     assert json.loads((again / "config.json").read_text())["processes"] == 2
     metrics = [[row[:-1] for row in csv.reader((folder / "metrics.csv").open())] for folder in (tmp_path / "run", again)]
     assert len(metrics[0]) == 2 and metrics[0] == metrics[1]  # every column but the seconds
+    # in one process it takes the CPU threads the two had between them (it kept one of two cores idle)
+    assert main(["train", "--config", str(tmp_path / "run"), "--nproc", "1", "--out", str(tmp_path / "one")]) == 0
+    threads = [json.loads((folder / "config.json").read_text())["runtime"]["threads"] for folder in
+               (tmp_path / "run", tmp_path / "one")]
+    assert threads == [max(1, available_cpus() // 2), 2 * max(1, available_cpus() // 2)]
     assert main(["card", str(tmp_path / "run")]) == 0
     assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in \
         (tmp_path / "run" / "card" / "README.md").read_text()
