@@ -184,6 +184,9 @@ def test_a_file_that_is_not_an_image(tmp_path, checkpoint, capsys):
     (tmp_path / "photo.jpg").write_text("just text")
     _fails_with(["predict", "-c", str(checkpoint), str(tmp_path / "photo.jpg")], capsys, "photo.jpg: not a readable image")
     _fails_with(["predict", "-c", str(checkpoint), str(tmp_path / "absent.png")], capsys, "absent.png: no such file")
+    _fails_with(["predict", "-c", str(checkpoint), "https://example.com/cat.jpg"], capsys,
+                "https://example.com/cat.jpg: no such file (web addresses are not fetched: download the image, then "
+                "give its file)")
 
 
 def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):

@@ -36,7 +36,8 @@ def open_image(source: str | Path | BinaryIO, name: str | None = None, max_pixel
     try:
         image = Image.open(source)
     except FileNotFoundError:
-        raise CCTError(f"{name}: no such file") from None
+        fetched = " (web addresses are not fetched: download the image, then give its file)" if "://" in name else ""
+        raise CCTError(f"{name}: no such file{fetched}") from None
     except Image.DecompressionBombError:  # PIL's own check, at twice its MAX_IMAGE_PIXELS
         raise ImageTooLarge(f"{name}: the image has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels; the limit is "
                             f"{max_pixels:,}") from None
