@@ -28,11 +28,14 @@ def to_json(value, level: int = 0) -> str:
     return f"{opening}\n" + ",\n".join(items) + f"\n{'  ' * level}{closing}"
 
 
-def make_folder(folder: Path) -> None:
-    """Make `folder` and the folders above it where missing; one that cannot be made is a CCTError naming it."""
+def make_folder(folder: Path, new: bool = False) -> None:
+    """Make `folder` and the folders above it where missing; one that cannot be made is a CCTError naming it.
+    With `new`, a `folder` that exists already is a FileExistsError (creating it is how a caller claims it)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=not new)
     except OSError as e:
+        if new and isinstance(e, FileExistsError):
+            raise
         raise CCTError(f"{folder}: cannot create the folder ({e.strerror or e})") from e
 
 

@@ -357,16 +357,13 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
 def _new_run_folder(base: Path) -> Path:
     """`base`, or else `base`-2, -3, ...: the first of them that did not exist, made. Each is claimed by creating
     it, so that runs started within the same second (a loop of short runs, two processes) get a folder each."""
-    make_folder(base.parent)
     for n in itertools.count(1):
         folder = base.with_name(base.name + (f"-{n}" if n > 1 else ""))
         try:
-            folder.mkdir()
+            make_folder(folder, new=True)
             return folder
         except FileExistsError:
             continue
-        except OSError as e:
-            raise CCTError(f"{folder}: cannot create the folder ({e.strerror or e})") from e
 
 
 def _check_new_run_folder(out: Path) -> None:
