@@ -82,9 +82,10 @@ class Runtime:
         are named, as they slow every op down."""
         if self.torch_device.type != "cpu":
             return f"{self.device} {self.precision}"
-        total, cores = self.threads * local_processes(), available_cpus()
+        processes, cores = local_processes(), available_cpus()
+        total = self.threads * processes
         crowded = f" ({total} on {cores} core{'s' * (cores > 1)}: fewer would be faster)" if total > cores else ""
-        each = " each" if local_processes() > 1 else ""
+        each = " each" if processes > 1 else ""
         return f"cpu {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}{each}{crowded}"
 
     @property
