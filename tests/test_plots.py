@@ -5,7 +5,7 @@ import warnings
 import torch
 from PIL import Image
 
-from cct.plots import CJK_FONTS, font_families, plot_confusion_matrix, plot_training_curves
+from cct.plots import CJK_FONTS, font_families, plot_attention, plot_confusion_matrix, plot_training_curves
 
 
 def test_a_confusion_matrix_of_many_classes_keeps_a_screens_size(tmp_path):
@@ -60,3 +60,13 @@ def test_training_curves_mark_the_kept_epoch_and_draw_the_learning_rate(tmp_path
     _, acc_ax, _ = plot_training_curves(unvalidated, tmp_path / "curves.png").axes
     assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["train"]
     assert Image.open(tmp_path / "curves.png").size == (1680, 480)
+
+
+def test_the_pooling_weights_are_drawn_as_large_as_the_input_beside_them(tmp_path):
+    # the colorbar took its room from the overlay alone, which came out 9% narrower than the input
+    image, heat = torch.rand(32, 32, 3).numpy(), torch.rand(32, 32).numpy()
+    fig = plot_attention(image, heat, (8, 8), "cat 90.0%", tmp_path / "explained.png")
+    left, right, colorbar = (ax.get_window_extent() for ax in fig.axes)
+    assert (left.width, left.height) == (right.width, right.height)
+    assert left.x1 < right.x0 and right.x1 < colorbar.x0
+    assert Image.open(tmp_path / "explained.png").size == (960, 468)

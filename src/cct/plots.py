@@ -37,7 +37,8 @@ def _save(fig: Figure, path: Path) -> None:
     for text in fig.findobj(Text):
         if not text.get_text().isascii():
             text.set_fontfamily(font_families())
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     atomic_write(path, buffer.getvalue())
@@ -94,20 +95,22 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: list[str], path: Pat
     _save(fig, path)
 
 
-def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -> None:
-    """The image beside the same image overlaid with `heat` (token weights upsampled to the image)."""
-    fig = Figure(figsize=(8, 4.3))
+def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -> Figure:
+    """The image beside the same image overlaid with `heat` (token weights upsampled to the image), the two
+    drawn the same size."""
+    fig = Figure(figsize=(8, 3.9), layout="constrained")  # which places a colorbar beside two panels
     left, right = fig.subplots(1, 2)
     left.imshow(image, interpolation="nearest")
     left.set_title("input")
     right.imshow(image, interpolation="nearest")
     overlay = right.imshow(heat, cmap="inferno", alpha=0.6)
-    fig.colorbar(overlay, ax=right, fraction=0.046, pad=0.04, label="sequence-pooling weight")
+    fig.colorbar(overlay, ax=[left, right], fraction=0.046, pad=0.04, label="sequence-pooling weight")
     right.set_title(f"pooling weights over {grid[0]}x{grid[1]} tokens")
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def plot_architecture(model: torch.nn.Module, path: Path) -> None:
