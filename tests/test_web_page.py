@@ -52,6 +52,8 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
         widths = [e.value_of_css_property("width") for e in browser.find_elements(By.CSS_SELECTOR, ".bar")]
         assert float(widths[0].rstrip("px")) >= float(widths[-1].rstrip("px"))
         WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-drawn") == "1")
+        # a small image was shown at its own size: a CIFAR image 32 px wide beside a 224 px heatmap
+        assert browser.find_element(By.ID, "preview").size == browser.find_element(By.ID, "heatmap").size
 
         (tmp_path / "notes.png").write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
