@@ -19,7 +19,7 @@ def test_onnx_export_matches_pytorch_at_any_batch_size(tmp_path, name, capfd):
     torch.manual_seed(0)
     model = cct.create_model(name, class_names=tuple("abcdefghij")).eval()
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", model)
-    assert main(["export", "-c", str(checkpoint), "--format", "onnx"]) == 0
+    assert main(["export", "-c", str(checkpoint)]) == 0
     out = tmp_path / "m.onnx"
     printed = capfd.readouterr()
     assert (printed.out, printed.err) == (f"{checkpoint} -> {out}\n", "")  # none of the exporter's chatter

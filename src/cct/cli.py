@@ -526,7 +526,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="export a checkpoint for deployment (ONNX, dynamic batch size)")
     _add_model_source(p)
-    p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="the .onnx file to write (default: beside the checkpoint; for bundled "
                    "weights, MODEL.onnx here)")
     p.set_defaults(func=_export)
