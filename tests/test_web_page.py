@@ -53,7 +53,11 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
         assert float(widths[0].rstrip("px")) >= float(widths[-1].rstrip("px"))
         WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "heatmap").get_attribute("data-drawn") == "1")
         # a small image was shown at its own size: a CIFAR image 32 px wide beside a 224 px heatmap
-        assert browser.find_element(By.ID, "preview").size == browser.find_element(By.ID, "heatmap").size
+        preview, heatmap = browser.find_element(By.ID, "preview"), browser.find_element(By.ID, "heatmap")
+        assert preview.size == heatmap.size == {"width": 224, "height": 224}
+        browser.set_window_size(500, 900)  # a phone's width (headless Chromium's narrowest): the two stacked there
+        WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.innerWidth") == 500)
+        assert preview.size == heatmap.size and preview.location["y"] == heatmap.location["y"]
 
         (tmp_path / "notes.png").write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
