@@ -59,10 +59,15 @@ def test_upload_shows_top5_bars_and_the_heatmap(tmp_path, browser):
         WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.innerWidth") == 500)
         assert preview.size == heatmap.size and preview.location["y"] == heatmap.location["y"]
 
+        first_upload = preview.get_attribute("src")
         (tmp_path / "notes.png").write_text("not an image")
         browser.find_element(By.ID, "file").send_keys(str(tmp_path / "notes.png"))
         WebDriverWait(browser, 20).until(lambda d: "not a readable image" in d.find_element(By.ID, "error").text)
         assert not browser.find_element(By.ID, "output").is_displayed()  # not the last image's results
+        # the page let go of the first upload's bytes (each upload's were held until the page closed)
+        fetched = browser.execute_async_script(
+            "fetch(arguments[0]).then(() => arguments[1]('read'), () => arguments[1]('gone'))", first_upload)
+        assert first_upload.startswith("blob:") and fetched == "gone"
     finally:
         server.shutdown()
         server.server_close()
