@@ -174,9 +174,10 @@ def _error(message: str) -> None:
 
 def _recipes(args: argparse.Namespace) -> None:
     from .training import RECIPES, get_recipe
+    from .training.recipes import PURPOSES
 
     for recipe in [get_recipe(name) for name in args.names] or RECIPES.values():
-        print(f"{recipe.name}:")
+        print(f"{recipe.name}: {PURPOSES[recipe.name]}")
         for key, value in recipe.to_dict().items():
             print(f"  {key:<20} {json.dumps(value)}")  # as --recipe-arg takes it
 
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true", help="only models with bundled weights")
     p.set_defaults(func=_models)
 
-    p = commands.add_parser("recipes", help="list the named training recipes with every field")
+    p = commands.add_parser("recipes", help="list the named training recipes: what each is for, and every field")
     p.add_argument("names", nargs="*", help="only these recipes (default: all)")
     p.set_defaults(func=_recipes)
 

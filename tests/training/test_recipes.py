@@ -6,7 +6,7 @@ from cct.cli import main
 from cct.errors import CCTError
 from cct.training import RECIPES, Recipe, get_recipe
 from cct.training.loop import epoch_image_size, lr_multiplier
-from cct.training.recipes import _FIELD_RULES
+from cct.training.recipes import _FIELD_RULES, PURPOSES
 
 
 def test_keras_example_is_the_seed_recipe():
@@ -74,12 +74,13 @@ def test_overrides_convert_json_lists_and_refuse_unknown_fields():
 def test_cct_recipes_lists_every_recipe_or_the_named_ones_in_full(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
-    for name, recipe in RECIPES.items():
-        assert f"{name}:" in out
+    # each headed by what it is for (the fields alone did not say which to choose)
+    headings = [line for line in out.splitlines() if not line.startswith("  ")]
+    assert headings == [f"{name}: {PURPOSES[name]}" for name in RECIPES]
     assert out.count("auto_augment") == len(RECIPES)
     assert main(["recipes", "fast", "keras-example"]) == 0  # was "unrecognized arguments"
     out = capsys.readouterr().out
-    assert [line for line in out.splitlines() if line.endswith(":")] == ["fast:", "keras-example:"]
+    assert [line.split(":")[0] for line in out.splitlines() if not line.startswith("  ")] == ["fast", "keras-example"]
     assert "  epochs               12\n" in out and "  epochs               30\n" in out
     # values as --recipe-arg takes them (JSON): "((16, 4), (24, 5))", "None" and "True" were Python's
     assert "  progressive_resize   [[16, 4], [24, 5]]\n" in out and "  limit_train          null\n" in out
