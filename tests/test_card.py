@@ -74,6 +74,7 @@ def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
         assert main(["card", str(out)]) == 0
         assert json.loads((out / "card" / "config.json").read_text())["results"]["train_images"] == 10
         assert words in (out / "card" / "README.md").read_text()
+        assert "Batch size 8, 1 epoch. " in (out / "card" / "README.md").read_text()  # was "1 epochs"
     # the training images are counted, not decoded: a card took the memory and time of loading them all
     (data / "train" / "red" / "0.png").write_bytes(b"not an image any more")
     assert main(["card", str(out), "--out", str(tmp_path / "again")]) == 0

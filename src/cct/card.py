@@ -152,8 +152,7 @@ results below.
 
 ## Training procedure
 
-Trained in {took} on {config.runtime.device} ({config.runtime.threads} threads,
-{config.runtime.precision}), with {f"`{command}`" if command else "the recipe in `config.json`"}.
+Trained in {took} on {_hardware(config)}, with {f"`{command}`" if command else "the recipe in `config.json`"}.
 
 ### Training hyperparameters
 
@@ -163,7 +162,7 @@ The following hyperparameters were used during training:
 |---|---|---|---|---|---|---|---|---|---|
 | AdamW | {r.lr:g} | {schedule} | {r.betas[0]:g} | {r.betas[1]:g} | {r.eps:g} | False | {r.weight_decay:g} | None | {precision} |
 
-Batch size {r.batch_size}, {r.epochs} epochs. The full recipe is in `config.json` (`recipe`); weight decay is
+Batch size {r.batch_size}, {r.epochs} epoch{'s' * (r.epochs != 1)}. The full recipe is in `config.json` (`recipe`); weight decay is
 decoupled and multiplied by the learning rate (PyTorch's AdamW).
 
 ## Training metrics
@@ -227,3 +226,14 @@ def _data_use(r, summary: dict) -> str:
         return f"{trained} trained the model (the last epoch is kept)"
     return (f"{trained} trained the model, the last {r.val_size:,} chose the best epoch ({summary['best_epoch']} "
             f"of {r.epochs}) by validation accuracy")
+
+
+def _hardware(config: RunConfig) -> str:
+    """Where the run trained: "cpu (2 threads, bf16)", "cpu (2 processes of 1 thread each, bf16)", "cuda:0 (bf16)",
+    "cuda (4 processes, bf16)"."""
+    runtime, processes = config.runtime, config.processes
+    how = [f"{processes} processes"] if processes > 1 else []
+    if runtime.torch_device.type == "cpu":
+        threads = f"{runtime.threads} thread{'s' * (runtime.threads != 1)}"
+        how = [f"{how[0]} of {threads} each" if how else threads]
+    return f"{runtime.device} ({', '.join([*how, runtime.precision])})"

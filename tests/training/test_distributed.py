@@ -99,8 +99,11 @@ def test_cct_train_nproc_runs_torchrun(tmp_path, monkeypatch, capfd):
                (tmp_path / "run", tmp_path / "one")]
     assert threads == [max(1, available_cpus() // 2), 2 * max(1, available_cpus() // 2)]
     assert main(["card", str(tmp_path / "run")]) == 0
-    assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in \
-        (tmp_path / "run" / "card" / "README.md").read_text()
+    readme = (tmp_path / "run" / "card" / "README.md").read_text()
+    assert "--dataset colors --recipe keras-example --epochs 1 --batch-size 4 --val-size 4 --nproc 2`" in readme
+    # it said "on cpu (1 threads, bf16)" of two processes
+    threads = max(1, available_cpus() // 2)
+    assert f" on cpu (2 processes of {threads} thread{'s' * (threads > 1)} each, " in readme
 
 
 def test_a_failed_or_interrupted_nproc_run_says_so_once(tmp_path, monkeypatch, capfd):
