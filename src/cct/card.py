@@ -16,7 +16,7 @@ from .data.datasets import count_images, recorded_dataset, require_classes
 from .errors import CCTError
 from .evaluation import Metrics, class_accuracy, evaluate_saved
 from .files import make_folder, temporary_path, to_json
-from .models import count_macs, count_parameters
+from .models import CCT, count_macs, count_parameters
 from .plots import plot_architecture, plot_confusion_matrix, plot_training_curves
 from .training import OPTION_FIELDS, RECIPES, RunConfig, load_checkpoint
 from .training.loop import in_words
@@ -108,6 +108,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     started = f", starting from the weights of `{config.init_from}`" if config.init_from else ""
     scope = f" from the weights of {config.init_from}" if config.init_from else " only"
     command = train_command(config)
+    kind, origin, reads, pools = _architecture(model)
     return f"""---
 library_name: compact-transformers
 tags:
@@ -121,21 +122,19 @@ metrics:
 
 # {c.name} on {dataset}
 
-A Compact Convolutional Transformer ({count_parameters(model):,} parameters, {count_macs(model) / 1e6:.1f}M
+A {kind} ({count_parameters(model):,} parameters, {count_macs(model) / 1e6:.1f}M
 multiply-accumulates per image) trained with the `{r.name}` recipe of compact-transformers{started}: **test top-1 {summary['test_top1']:.2%},
 top-5 {summary['test_top5']:.2%}** on the {summary['test_images']:,} test images.
-{"Based on the Compact Convolutional Transformers example on keras.io created by Sayak Paul; the same model, layer for layer." if keras else "The paper's CCT-" + str(c.num_layers) + "/" + str(c.kernel_size) + "x" + str(c.num_convs) + " (Hassani et al.)."}
+{"Based on the Compact Convolutional Transformers example on keras.io created by Sayak Paul; the same model, layer for layer." if keras else f"The paper's {origin} (Hassani et al.)."}
 
 ## Model description
 
 As discussed in the Vision Transformers (ViT) paper, a Transformer-based architecture for vision typically
 requires a larger dataset than usual, as well as a longer pre-training schedule. Unlike CNNs, ViTs do not have
 well-informed inductive biases such as convolutions. In *Escaping the Big Data Paradigm with Compact
-Transformers*, Hassani et al. combine the two: a small convolutional tokenizer turns the image into
-{model.num_tokens} tokens of width {c.embed_dim}, {c.num_layers} transformer encoder blocks
+Transformers*, Hassani et al. combine the two{reads}, {c.num_layers} transformer encoder blocks
 ({"pre-norm, as in the Keras example" if keras else "the paper's layout"}, {c.num_heads} heads) process them,
-and sequence pooling (an attention-weighted average of the tokens) replaces the class token before a linear
-classifier over {c.num_classes} classes.
+and {pools} a linear classifier over {c.num_classes} classes.
 
 ## Intended uses & limitations
 
@@ -237,3 +236,27 @@ def _hardware(config: RunConfig) -> str:
         threads = f"{runtime.threads} thread{'s' * (runtime.threads != 1)}"
         how = [f"{how[0]} of {threads} each" if how else threads]
     return f"{runtime.device} ({', '.join([*how, runtime.precision])})"
+
+
+def _architecture(model: CCT) -> tuple[str, str, str, str]:
+    """The card's words for what `model` is: its kind, the paper's name for it, how it turns the image into tokens
+    and how it pools them ("Compact Convolutional Transformer", "CCT-7/3x1", ...; ViT-Lite and CVT, the paper's
+    baselines, read patches)."""
+    c = model.config
+    patches = model.num_tokens - (c.pooling == "class_token")
+    if c.tokenizer == "conv":
+        kind, origin = "Compact Convolutional Transformer", f"CCT-{c.num_layers}/{c.kernel_size}x{c.num_convs}"
+        reads = f": a small convolutional tokenizer turns the image into {patches} tokens of width {c.embed_dim}"
+    else:
+        kind, origin = (("Compact Vision Transformer (CVT)", f"CVT-{c.num_layers}/{c.patch_size}")
+                        if c.pooling == "sequence" else ("ViT-Lite", f"ViT-Lite-{c.num_layers}/{c.patch_size}"))
+        origin += " baseline"
+        reads = (f"; this {kind}, one of their baselines, has no convolutional tokenizer: its {c.patch_size}x"
+                 f"{c.patch_size} patches, each projected as in ViT, make {patches} tokens of width {c.embed_dim}")
+    if c.pooling == "sequence":
+        pools = "sequence pooling (an attention-weighted average of the tokens) replaces the class token before"
+    else:
+        pools = "a class token, prepended to the tokens, gathers them for"
+        if c.tokenizer == "conv":
+            origin += ", with a class token in place of sequence pooling"
+    return kind, origin, reads, pools
