@@ -2,10 +2,13 @@ import subprocess
 import sys
 import warnings
 
+import pytest
 import torch
 from PIL import Image
 
-from cct.plots import CJK_FONTS, font_families, plot_attention, plot_confusion_matrix, plot_training_curves
+import cct
+from cct.plots import (CJK_FONTS, font_families, plot_architecture, plot_attention, plot_confusion_matrix,
+                       plot_training_curves)
 
 
 def test_a_confusion_matrix_of_many_classes_keeps_a_screens_size(tmp_path):
@@ -70,3 +73,17 @@ def test_the_pooling_weights_are_drawn_as_large_as_the_input_beside_them(tmp_pat
     assert (left.width, left.height) == (right.width, right.height)
     assert left.x1 < right.x0 and right.x1 < colorbar.x0
     assert Image.open(tmp_path / "explained.png").size == (960, 468)
+
+
+@pytest.mark.parametrize("name", ["cct_keras", "vit_lite_6_4_32", "cvt_6_4_32", "cct_7_3x1_32_sine"])
+def test_the_architecture_counts_every_parameter_and_token(tmp_path, name):
+    # a ViT-Lite's class token was left out: 256 parameters missing, and 64 tokens became 65 between two stages
+    model = cct.create_model(name)
+    fig = plot_architecture(model, tmp_path / "architecture.png")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert sum(int(t.removesuffix(" params").replace(",", "")) for t in texts if t.endswith(" params")) == \
+        cct.count_parameters(model)
+    shapes = [t.removeprefix("out ") for t in texts if t.startswith("out ")]
+    stream = shapes[shapes.index(f"{model.num_tokens}x{model.config.embed_dim}"):-2]  # the tokens to the pooling
+    assert set(stream) == {f"{model.num_tokens}x{model.config.embed_dim}"}
+    assert len(stream) == model.config.num_layers + 2 + (model.config.positional_embedding != "none")

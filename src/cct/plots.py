@@ -113,7 +113,7 @@ def plot_attention(image, heat, grid: tuple[int, int], title: str, path: Path) -
     return fig
 
 
-def plot_architecture(model: torch.nn.Module, path: Path) -> None:
+def plot_architecture(model: torch.nn.Module, path: Path) -> Figure:
     """The model as a column of stages, input to logits, each with its output shape and parameter count
     (shapes measured by running one image through it)."""
     c = model.config
@@ -134,9 +134,14 @@ def plot_architecture(model: torch.nn.Module, path: Path) -> None:
         detail = type(module).__name__ if name != "class token" else "first token"
         params = sum(p.numel() for p in module.parameters())
         rows.append((f"{name}: {detail}", "x".join(map(str, shapes[name])), f"{params:,} params" if params else ""))
-        if name == "tokenizer" and c.positional_embedding != "none":
-            rows.append((f"+ {c.positional_embedding} positional embedding", "x".join(map(str, shapes[name])),
-                         f"{model.pos_embed.numel():,} params" if c.positional_embedding == "learnable" else ""))
+        if name == "tokenizer":
+            tokens, width = shapes[name]
+            if model.class_token is not None:
+                tokens += 1
+                rows.append(("+ class token, prepended", f"{tokens}x{width}", f"{model.class_token.numel():,} params"))
+            if c.positional_embedding != "none":
+                rows.append((f"+ {c.positional_embedding} positional embedding", f"{tokens}x{width}",
+                             f"{model.pos_embed.numel():,} params" if c.positional_embedding == "learnable" else ""))
     fig = Figure(figsize=(6, 0.75 * len(rows) + 0.8))
     ax = fig.subplots()
     ax.set(xlim=(0, 1), ylim=(len(rows) - 0.4, -0.9))
@@ -150,3 +155,4 @@ def plot_architecture(model: torch.nn.Module, path: Path) -> None:
         if i:
             ax.annotate("", (0.5, i - 0.3), (0.5, i - 0.7), arrowprops={"arrowstyle": "->"})
     _save(fig, path)
+    return fig
