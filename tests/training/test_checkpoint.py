@@ -31,6 +31,9 @@ def test_round_trip_gives_identical_outputs(saved):
     # a run folder and the JSON copy lead to the same checkpoint
     assert load_checkpoint(path.parent)[0].config == model.config
     assert load_checkpoint(path.with_suffix(".json"))[0].config == model.config
+    # and so does the folder's config.json (it was read as "config.safetensors: no such checkpoint")
+    (path.parent / "config.json").write_text("{}")
+    assert load_checkpoint(path.parent / "config.json")[0].config == model.config
 
 
 def test_truncated_checkpoint_is_refused(saved):

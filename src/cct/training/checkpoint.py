@@ -70,9 +70,11 @@ FOREIGN_FILES = {  # files a checkpoint is mistaken for, and what to do with the
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A model-card folder (its model.safetensors), a run folder (its best checkpoint), a .safetensors file or
-    its .json copy -> the .safetensors path."""
+    """A model-card folder (its model.safetensors), a run folder (its best checkpoint) or either's config.json, a
+    .safetensors file or its .json copy -> the .safetensors path."""
     path = Path(path)
+    if path.name == "config.json":  # a run's or a card's config: the checkpoint of its folder
+        path = path.parent
     if path.is_dir():
         found = [path / name for name in ("model.safetensors", "best.safetensors") if (path / name).is_file()]
         if not found:
