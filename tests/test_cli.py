@@ -36,6 +36,10 @@ def test_models_lists_names_parameters_and_macs(capsys):
     assert rows["cct_2_3x2_32_keras"][1] == "416,331" and rows["cct_2_3x2_32"][2] == "0.033G"
     assert main(["models", "cct_keras"]) == 0  # an alias: the model it names (it printed an empty table)
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]] == ["cct_2_3x2_32_keras"]
+    # part of a name finds the models that hold it (it matched none: a pattern without wildcards is a whole name)
+    assert main(["models", "lite"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["vit_lite_6_4_32",
+                                                                                    "vit_lite_7_4_32"]
     assert main(["models", "cct_99*"]) == 1  # it printed the header of an empty table
     assert capsys.readouterr().err == "cct: error: no model matches 'cct_99*' (`cct models` lists them all)\n"
     assert main(["models", "--pretrained"]) == 0

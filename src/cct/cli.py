@@ -26,7 +26,9 @@ def _models(args: argparse.Namespace) -> None:
     from .models import count_macs, count_parameters, create_model, list_models, model_config
     from .pretrained import BUNDLED
 
-    found = list_models(args.pattern, pretrained=args.pretrained, include_aliases=True)
+    wildcards = any(c in args.pattern for c in "*?[")
+    found = list_models(args.pattern if wildcards else f"*{args.pattern}*", pretrained=args.pretrained,
+                        include_aliases=True)
     canonical = {model_config(name).name for name in found}
     names = [name for name in list_models() if name in canonical]  # in list_models' order
     if not names:
@@ -439,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("models", help="list model variants with parameters and MACs")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'cct_7*'")
+    p.add_argument("pattern", nargs="?", default="*", help="part of a name, e.g. 'keras', or a shell-style pattern, "
+                   "e.g. 'cct_7*'")
     p.add_argument("--pretrained", action="store_true", help="only models with bundled weights")
     p.set_defaults(func=_models)
 
