@@ -21,6 +21,7 @@ import email.parser
 import email.policy
 import io
 import json
+import socket
 import threading
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
@@ -83,8 +84,9 @@ class PredictionServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """Where this machine reaches the server: loopback for one on every network (browsers refuse 0.0.0.0)."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
     def predict(self, image: Image.Image) -> dict:
         if not self.slots.acquire(timeout=self.limits.request_timeout):
@@ -194,5 +196,7 @@ def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000,
     except OSError as e:
         raise CCTError(f"cannot serve at {host}:{port}: {e.strerror or e}") from None
     with server:
-        print(f"serving {classifier.model.config.name} at {server.url} (Ctrl-C to stop)", flush=True)
+        everywhere = (f", and to other machines at http://{socket.gethostname()}:{server.server_address[1]}"
+                      if server.server_address[0] == "0.0.0.0" else "")
+        print(f"serving {classifier.model.config.name} at {server.url}{everywhere} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
