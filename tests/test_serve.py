@@ -189,13 +189,15 @@ def test_a_port_in_use_is_a_one_line_error(server, capsys):
     assert capsys.readouterr().err.strip() == f"cct: error: cannot serve at 127.0.0.1:{port}: Address already in use"
 
 
-def test_a_server_on_every_network_gives_a_url_a_browser_opens():
-    # it printed http://0.0.0.0:PORT, which browsers refuse to open
+@pytest.mark.parametrize("host, loopback", [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]")])
+def test_a_server_on_every_network_or_ipv6_gives_a_url_a_browser_opens(host, loopback):
+    # it printed http://0.0.0.0:PORT, which browsers refuse to open; an IPv6 host failed ("Address family for
+    # hostname not supported")
     classifier = cct.Classifier(cct.create_model("cct_keras", class_names=CLASSES))
-    server = PredictionServer(("0.0.0.0", 0), classifier, LIMITS)
+    server = PredictionServer((host, 0), classifier, LIMITS)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        assert server.url == f"http://127.0.0.1:{server.server_address[1]}"
+        assert server.url == f"http://{loopback}:{server.server_address[1]}"
         assert request(server.url + "/api/info")[0] == 200
     finally:
         server.shutdown()

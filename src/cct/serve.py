@@ -72,10 +72,20 @@ def form_file(content_type: str, body: bytes) -> bytes:
     raise RequestError(HTTPStatus.BAD_REQUEST, "the form has no file: send the image as a file field")
 
 
+LOOPBACK_OF_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # the addresses of every network, and this machine's
+
+
+def host_port(host: str, port: int) -> str:
+    """A host and port as URLs write them: "127.0.0.1:8000", "[::1]:8000"."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class PredictionServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], classifier: Classifier, limits: ServeLimits = ServeLimits()):
+        # IPv4 or IPv6, as the host resolves (as http.server's command line chooses)
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         super().__init__(address, Handler)
         self.classifier = classifier
         self.limits = limits
@@ -83,10 +93,14 @@ class PredictionServer(ThreadingHTTPServer):
         self.page = resources.files("cct.web").joinpath("index.html").read_bytes()
 
     @property
+    def on_every_network(self) -> bool:
+        return self.server_address[0] in LOOPBACK_OF_ANY
+
+    @property
     def url(self) -> str:
         """Where this machine reaches the server: loopback for one on every network (browsers refuse 0.0.0.0)."""
         host, port = self.server_address[:2]
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+        return f"http://{host_port(LOOPBACK_OF_ANY.get(host, host), port)}"
 
     def predict(self, image: Image.Image) -> dict:
         if not self.slots.acquire(timeout=self.limits.request_timeout):
@@ -194,9 +208,9 @@ def serve(classifier: Classifier, host: str = "127.0.0.1", port: int = 8000,
     try:
         server = PredictionServer((host, port), classifier, limits)
     except OSError as e:
-        raise CCTError(f"cannot serve at {host}:{port}: {e.strerror or e}") from None
+        raise CCTError(f"cannot serve at {host_port(host, port)}: {e.strerror or e}") from None
     with server:
         everywhere = (f", and to other machines at http://{socket.gethostname()}:{server.server_address[1]}"
-                      if server.server_address[0] == "0.0.0.0" else "")
+                      if server.on_every_network else "")
         print(f"serving {classifier.model.config.name} at {server.url}{everywhere} (Ctrl-C to stop)", flush=True)
         server.serve_forever()
