@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p)
     p.add_argument("--port", type=integer_in(0, 65535), default=8000, help="default: 8000; 0: any free port")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1, this machine "
-                   "only; 0.0.0.0: every network; ::, every network over IPv6 and IPv4)")
+                   "only; 0.0.0.0: every network; '::' the same over IPv6)")
     _add_inference_device(p)
     p.add_argument("--max-upload-mb", type=integer_in(1), default=10, help="the largest upload taken, in MB "
                    "(default: 10)")
