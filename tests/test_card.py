@@ -159,10 +159,11 @@ def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypat
                                               "command that trains it)"
 
 
-@pytest.mark.parametrize("name, kind, origin, pools", [
-    ("vit_lite_6_4_32", "A ViT-Lite (", "The paper's ViT-Lite-6/4 baseline", "and a class token, prepended"),
-    ("cvt_6_4_32", "A Compact Vision Transformer (CVT) (", "The paper's CVT-6/4 baseline", "and sequence pooling")])
-def test_a_card_names_the_papers_baselines_for_what_they_are(tmp_path, name, kind, origin, pools):
+@pytest.mark.parametrize("name, tag, kind, origin, pools", [
+    ("vit_lite_6_4_32", "vit-lite", "A ViT-Lite (", "The paper's ViT-Lite-6/4 baseline", "and a class token, prepended"),
+    ("cvt_6_4_32", "compact-vision-transformer", "A Compact Vision Transformer (CVT) (", "The paper's CVT-6/4 baseline",
+     "and sequence pooling")])
+def test_a_card_names_the_papers_baselines_for_what_they_are(tmp_path, name, tag, kind, origin, pools):
     # both were carded as "A Compact Convolutional Transformer", "The paper's CCT-6/3x2", read by "a small
     # convolutional tokenizer" (the ViT-Lite also "sequence pooling")
     data = write_color_dataset(tmp_path / "colors", per_class=4)
@@ -172,6 +173,7 @@ def test_a_card_names_the_papers_baselines_for_what_they_are(tmp_path, name, kin
     assert main(["card", str(out)]) == 0
     readme = (out / "card" / "README.md").read_text()
     assert kind in readme and origin in readme and pools in readme
+    assert f"tags:\n- image-classification\n- {tag}\n" in readme
     assert "has no convolutional tokenizer: its 4x4 patches, each projected as in ViT, make 64 tokens of width 64" \
         in readme
     assert "CCT-" not in readme and "a small convolutional tokenizer" not in readme

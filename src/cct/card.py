@@ -113,7 +113,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
 library_name: compact-transformers
 tags:
 - image-classification
-- compact-convolutional-transformer
+- {kind.split(" (")[0].lower().replace(" ", "-")}
 datasets:
 - {dataset}
 metrics:
