@@ -58,8 +58,12 @@ def test_bad_inputs_are_clear_errors(classifier):
             classifier.predict(empty)
     with pytest.raises(cct.CCTError, match="cannot read an image from dict"):
         classifier.predict({"not": "an image"})
-    with pytest.raises(cct.CCTError, match="top_k must be at least 1, got 0"):
+    with pytest.raises(cct.CCTError, match="top_k must be an integer of at least 1, got 0"):
         classifier.predict(torch.rand(3, 32, 32), top_k=0)
+    # it was torch's "topk(): argument 'k' (position 1) must be int, not float"
+    with pytest.raises(cct.CCTError, match="top_k must be an integer of at least 1, got 2.5"):
+        classifier.predict(torch.rand(3, 32, 32), top_k=2.5)
+    assert len(classifier.predict(torch.rand(3, 32, 32), top_k=np.int64(3)).labels) == 3  # numpy's count too
 
 
 def test_an_empty_list_or_batch_gives_no_predictions(classifier):

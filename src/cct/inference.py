@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -67,8 +68,8 @@ class Classifier:
         return torch.stack([_to_uint8(item, size, channels) for item in items]), single
 
     def predict(self, inputs: ImageLike | list[ImageLike], top_k: int = 5) -> Prediction | list[Prediction]:
-        if top_k < 1:
-            raise CCTError(f"top_k must be at least 1, got {top_k}")
+        if not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise CCTError(f"top_k must be an integer of at least 1, got {top_k!r}")
         if (isinstance(inputs, (list, tuple)) or _is_batch(inputs)) and len(inputs) == 0:
             return []
         images, single = self.to_batch(inputs)
