@@ -207,6 +207,14 @@ def test_evaluate_with_a_dataset_of_other_classes(tmp_path, checkpoint, capsys):
                                                                            class_names=("blue", "red")),
                            {"dataset": str(tmp_path / "moved-away")})
     assert main(["evaluate", "-c", str(same), "--dataset", str(data)]) == 0
+    # some of the model's classes, by name: scored as the model's (it was "the model has 3 classes, ... has 2")
+    more = save_checkpoint(tmp_path / "more.safetensors", cct.create_model("cct_2_3x2_32", num_classes=3,
+                                                                           class_names=("blue", "green", "red")))
+    capsys.readouterr()
+    assert main(["evaluate", "-c", str(more), "--dataset", str(data), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["images"] == 4 and printed["per_class"]["green"] is None
+    assert [sum(row) for row in printed["confusion"]] == [2, 0, 2]  # the true blues and reds in their rows
     _fails_with(["evaluate", "-c", str(same)], capsys, f"{tmp_path / 'moved-away'}: no such folder, the dataset "
                 f"{same} was trained on (moved? give its new place with --dataset)")
 

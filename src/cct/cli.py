@@ -217,7 +217,7 @@ def _model_path(args: argparse.Namespace) -> Path:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import class_accuracy, evaluate_saved
     from .data import load_dataset
-    from .data.datasets import recorded_dataset, require_classes
+    from .data.datasets import labelled_as_model, recorded_dataset
     from .plots import plot_confusion_matrix
     from .training import load_checkpoint
 
@@ -229,7 +229,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = args.dataset or recorded_dataset(recorded, path)
     (test,) = load_dataset(dataset, args.data_dir or _run_data_dir(path) or "data", model.config.img_size,
                            model.config.in_chans, splits=("test",))
-    require_classes(model.config, test, dataset, path)
+    test = labelled_as_model(model.config, test, dataset, path)
     named = Path(dataset).resolve().name  # "cifar10", or the folder's name
     out = _output_file(args.out or (path.with_name(f"{path.stem}-{named}-confusion.png") if args.checkpoint
                                     else f"{model.config.name}-{named}-confusion.png"), ".png")

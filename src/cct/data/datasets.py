@@ -257,6 +257,17 @@ def recorded_dataset(name: str, trained: str | Path) -> str:
     return name
 
 
+def labelled_as_model(model: CCTConfig, data: ImageTensors, name: str, owner: str | Path) -> ImageTensors:
+    """`data` labelled by the classes of the `model` of `owner`: as it is where it has them all in their order
+    (`require_classes`); a dataset of some of the model's classes, matched by name, labelled by the model's
+    indices (the others have no images)."""
+    if model.class_names and set(data.classes) < set(model.class_names):
+        index = torch.tensor([model.class_names.index(cls) for cls in data.classes])
+        return ImageTensors(data.images, index[data.labels], list(model.class_names))
+    require_classes(model, data, name, owner)
+    return data
+
+
 def require_classes(model: CCTConfig, data: ImageTensors, name: str, owner: str | Path) -> None:
     """`data` (read from the dataset `name`) must have the classes of the `model` of `owner`, in that order (where
     the model names them): a model scored or trained on other classes takes class i for its own class i."""
