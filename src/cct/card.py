@@ -233,8 +233,8 @@ def _hardware(config: RunConfig) -> str:
     runtime, processes = config.runtime, config.processes
     how = [f"{processes} processes"] if processes > 1 else []
     if runtime.torch_device.type == "cpu":
-        threads = f"{runtime.threads} thread{'s' * (runtime.threads != 1)}"
-        how = [f"{how[0]} of {threads} each" if how else threads]
+        threads = runtime.threads_in_words(processes)
+        how = [f"{how[0]} of {threads}" if how else threads]
     return f"{runtime.device} ({', '.join([*how, runtime.precision])})"
 
 

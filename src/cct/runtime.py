@@ -85,8 +85,11 @@ class Runtime:
         processes, cores = local_processes(), available_cpus()
         total = self.threads * processes
         crowded = f" ({total} on {cores} core{'s' * (cores > 1)}: fewer would be faster)" if total > cores else ""
-        each = " each" if processes > 1 else ""
-        return f"cpu {self.precision}, {self.threads} thread{'s' * (self.threads > 1)}{each}{crowded}"
+        return f"cpu {self.precision}, {self.threads_in_words(processes)}{crowded}"
+
+    def threads_in_words(self, processes: int) -> str:
+        """The CPU threads of one of `processes` processes: "2 threads", "1 thread each"."""
+        return f"{self.threads} thread{'s' * (self.threads != 1)}{' each' * (processes > 1)}"
 
     @property
     def torch_device(self) -> torch.device:
