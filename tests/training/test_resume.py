@@ -84,7 +84,7 @@ def test_resume_needs_a_run_folder(tmp_path, capsys):
                                           "or a run's config.json\n"
 
 
-def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch):
+def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch, capsys):
     # `cct train --resume COPY` read and wrote the folder the run was made in (its config's "out"), relative to
     # the working directory of the time
     data = write_color_dataset(tmp_path / "colors", per_class=8)
@@ -95,7 +95,9 @@ def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch):
     shutil.copytree(tmp_path / "first", tmp_path / "elsewhere" / "second")
     (tmp_path / "elsewhere" / "second" / "test.json").unlink()
     monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
     assert main(["train", "--resume", "second"]) == 0
+    assert "the run has finished its 1 epoch: testing" in capsys.readouterr().out  # it said "its 1 epochs"
     assert (tmp_path / "elsewhere" / "second" / "test.json").is_file()
     assert json.loads((tmp_path / "elsewhere" / "second" / "config.json").read_text())["out"] == "second"
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "first").iterdir()} == original

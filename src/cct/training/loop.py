@@ -251,7 +251,8 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         progress, order = load_state(state_path, model, optimizer, schedule, scaler, generator, ema)
         if ranks.main:
             finished = progress["epoch"] > recipe.epochs
-            print(f"the run has finished its {recipe.epochs} epochs: testing its best checkpoint again" if finished
+            epochs = f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}"
+            print(f"the run has finished its {epochs}: testing its best checkpoint again" if finished
                   else f"resuming at epoch {progress['epoch']}, step {progress['step']}")
     rows, best_acc = progress["rows"], progress["best_acc"]
 
