@@ -60,7 +60,7 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_
     assert f"top-1 **{expected.top1:.2%}**" in readme and "| blue |" in readme and "| red |" in readme
     assert "AutoAugment (CIFAR-10 policy)" in readme and "moving average" in readme
     assert "progressive resizing: the first epochs trained on images resized to 16x16 for 1 epoch" in readme
-    assert "](training-curves.png)" in readme and "](architecture.png)" in readme
+    assert "the epochs of smaller images shaded](training-curves.png)" in readme and "](architecture.png)" in readme
 
 
 def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):

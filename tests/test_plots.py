@@ -65,6 +65,25 @@ def test_training_curves_mark_the_kept_epoch_and_draw_the_learning_rate(tmp_path
     assert Image.open(tmp_path / "curves.png").size == (1680, 480)
 
 
+def test_training_curves_shade_the_epochs_of_each_progressive_resize_stage(tmp_path):
+    # the `fast` recipe's curves jumped where its images grew from 16 to 24 and 32 px, with nothing saying why
+    rows = [{"epoch": str(e), "train_loss": "1.0", "train_acc": "0.5", "val_loss": "", "val_acc": "", "lr": "1e-3"}
+            for e in range(1, 5)]
+    stages = ((16, 2), (24, 3), (28, 1))
+    for axes in (plot_training_curves(rows, tmp_path / "curves.png", stages).axes,
+                 plot_training_curves(rows[:1], tmp_path / "curves.png", stages).axes):
+        loss_ax = axes[0]
+        epochs = int(loss_ax.lines[0].get_xdata()[-1])
+        spans = [[(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches] for ax in axes]
+        # each stage's epochs as far as the run has come, the next stage's not yet
+        assert spans == 3 * [[(0.5, 2.5), (2.5, 4.5)] if epochs == 4 else [(0.5, 1.5)]]
+        labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
+        assert labels == (["16x16 images", "24x24 images"] if epochs == 4 else ["16x16 images"]) + ["train"]
+        assert [ax.get_xlim() for ax in axes] == 3 * [(0.5, epochs + 0.5)]
+        ticks = [t for t in loss_ax.get_xticks() if 0.5 < t < epochs + 0.5]
+        assert 1 in ticks and all(t == int(t) for t in ticks)  # whole epochs (one epoch had 0.5, 0.6, ... 1.5)
+
+
 def test_the_pooling_weights_are_drawn_as_large_as_the_input_beside_them(tmp_path):
     # the colorbar took its room from the overlay alone, which came out 9% narrower than the input
     image, heat = torch.rand(32, 32, 3).numpy(), torch.rand(32, 32).numpy()

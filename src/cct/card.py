@@ -64,7 +64,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                        "recipe": config.recipe.to_dict(), "runtime": asdict(config.runtime),
                        "init_from": config.init_from, "results": summary}
         (staging / "config.json").write_text(to_json(card_config) + "\n", encoding="utf-8")
-        plot_training_curves(rows, staging / FIGURES["curves"])
+        plot_training_curves(rows, staging / FIGURES["curves"], config.recipe.progressive_resize)
         plot_architecture(model, staging / FIGURES["architecture"])
         plot_confusion_matrix(result.confusion, test.classes, staging / FIGURES["confusion"],
                               f"{model.config.name} on {card_config['dataset']}: top-1 {result.top1:.2%}")
@@ -84,6 +84,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     precision = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(config.runtime.precision, "float32")
     warmup = (f" after {r.warmup_epochs:g} warmup epoch{'s' * (r.warmup_epochs != 1)} from {r.warmup_lr:g}"
               if r.warmup_epochs else "")
+    shaded = "; the epochs of smaller images shaded" if r.progressive_resize else ""
     schedule = (f"cosine to {r.min_lr:g}" if r.schedule == "cosine" else "constant" if warmup else "0.0") + warmup
     augment = [name for name, on in [(f"random crop with {r.crop_padding} px padding", r.crop_padding),
                                      (f"RandomResizedCrop scale {r.resized_crop_scale}", r.resized_crop_scale),
@@ -166,7 +167,7 @@ decoupled and multiplied by the learning rate (PyTorch's AdamW).
 
 ## Training metrics
 
-![loss and accuracy per epoch, train and validation, the kept epoch marked; the learning rate at each epoch's end]({FIGURES['curves']})
+![loss and accuracy per epoch, train and validation, the kept epoch marked; the learning rate at each epoch's end{shaded}]({FIGURES['curves']})
 
 ## Model plot
 

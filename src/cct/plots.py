@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -44,13 +45,22 @@ def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def plot_training_curves(rows: list[dict], path: Path) -> Figure:
+def plot_training_curves(rows: list[dict], path: Path, stages: Sequence[tuple[int, int]] = ()) -> Figure:
     """Loss and accuracy per epoch, train and validation (when the run had a validation set), with the epoch kept
     as the best (the first of the highest validation accuracy) marked, and the learning rate at each epoch's end,
-    from the rows of metrics.csv."""
+    from the rows of metrics.csv; the epochs of each stage of a recipe's `progressive_resize` ((size, epochs),
+    ...) shaded, as the curves change course where the images grow."""
     epochs = [int(r["epoch"]) for r in rows]
     fig = Figure(figsize=(14, 4))
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    first = 1
+    for i, (size, count) in enumerate(stages):
+        if first > epochs[-1]:  # a stage still to come
+            break
+        for ax in (loss_ax, acc_ax, lr_ax):  # the first stage (the smallest images) darkest
+            ax.axvspan(first - 0.5, min(first + count - 1, epochs[-1]) + 0.5, color="gray", lw=0,
+                       alpha=0.25 * (1 - i / len(stages)), label=f"{size}x{size} images" if ax is loss_ax else None)
+        first += count
     validated = all(r.get("val_acc") not in (None, "") for r in rows)
     for split in ("train", "val") if validated else ("train",):
         loss_ax.plot(epochs, [float(r[f"{split}_loss"]) for r in rows], marker=".", label=split)
@@ -65,7 +75,8 @@ def plot_training_curves(rows: list[dict], path: Path) -> Figure:
     acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
     lr_ax.set(xlabel="epoch", ylabel="learning rate", title="Learning rate at the epoch's end")
     for ax in (loss_ax, acc_ax, lr_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs
+        ax.set_xlim(0.5, epochs[-1] + 0.5)
         ax.grid(alpha=0.3)
     loss_ax.legend()
     acc_ax.legend()

@@ -319,7 +319,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         print(f"epoch {epoch:3d}/{recipe.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
               f"{validated} | {row['seconds']:.1f}s" + (f" | ~{in_words(left)} left" if left else ""), flush=True)
         _write_metrics(out / "metrics.csv", rows)
-        plot_training_curves(rows, out / "training-curves.png")  # to watch a long run
+        plot_training_curves(rows, out / "training-curves.png", recipe.progressive_resize)  # to watch a long run
         if board:
             for name, value in row.items():
                 if name != "epoch":
