@@ -91,6 +91,23 @@ def test_official_archive_is_md5_checked_and_extracted(tmp_path):
     assert sorted(p.name for p in other.iterdir()) == ["cifar-10-python.tar.gz"]
 
 
+def test_the_official_archive_extracts_on_a_python_without_tar_filters(tmp_path, monkeypatch):
+    # tarfile before Python 3.10.12 and 3.11.4 (Debian 12's 3.11.2) has no `filter`: a TypeError's traceback
+    # at the first CIFAR run
+    extractall = tarfile.TarFile.extractall
+
+    def extractall_without_filters(self, path=".", members=None, *, numeric_owner=False):
+        return extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filters)
+    monkeypatch.delattr(tarfile, "data_filter")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    images, _ = write_cifar10_archive(archive, per_batch=8)
+    spec = replace(CIFAR["cifar10"], md5=md5_of(archive))
+    train, _ = load_cifar("cifar10", tmp_path, download_missing=False, spec=spec)
+    assert torch.equal(train.images, torch.from_numpy(images))
+
+
 def test_missing_data_without_download_names_the_folder(tmp_path):
     with pytest.raises(CCTError, match=f"{tmp_path}: no cifar-10-batches-py/"):
         load_cifar("cifar10", tmp_path, download_missing=False)
