@@ -74,7 +74,8 @@ def test_training_curves_shade_the_epochs_of_each_progressive_resize_stage(tmp_p
                  plot_training_curves(rows[:1], tmp_path / "curves.png", stages).axes):
         loss_ax = axes[0]
         epochs = int(loss_ax.lines[0].get_xdata()[-1])
-        spans = [[(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches] for ax in axes]
+        spans = [[tuple(round(x, 6) for x in ax.transData.inverted().transform(p.get_verts())[[0, 2], 0])
+                  for p in ax.patches] for ax in axes]  # the first and third corners: left, right
         # each stage's epochs as far as the run has come, the next stage's not yet
         assert spans == 3 * [[(0.5, 2.5), (2.5, 4.5)] if epochs == 4 else [(0.5, 1.5)]]
         labels = [t.get_text() for t in loss_ax.get_legend().get_texts()]
@@ -89,7 +90,7 @@ def test_the_pooling_weights_are_drawn_as_large_as_the_input_beside_them(tmp_pat
     image, heat = torch.rand(32, 32, 3).numpy(), torch.rand(32, 32).numpy()
     fig = plot_attention(image, heat, (8, 8), "cat 90.0%", tmp_path / "explained.png")
     left, right, colorbar = (ax.get_window_extent() for ax in fig.axes)
-    assert (left.width, left.height) == (right.width, right.height)
+    assert (left.width, left.height) == pytest.approx((right.width, right.height))
     assert left.x1 < right.x0 and right.x1 < colorbar.x0
     assert Image.open(tmp_path / "explained.png").size == (960, 468)
 

@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 import shutil
 import socket
 import tarfile
@@ -94,13 +95,14 @@ def test_official_archive_is_md5_checked_and_extracted(tmp_path):
 def test_the_official_archive_extracts_on_a_python_without_tar_filters(tmp_path, monkeypatch):
     # tarfile before Python 3.10.12 and 3.11.4 (Debian 12's 3.11.2) has no `filter`: a TypeError's traceback
     # at the first CIFAR run
-    extractall = tarfile.TarFile.extractall
+    if hasattr(tarfile, "data_filter"):  # this Python has them: take them away
+        extractall = tarfile.TarFile.extractall
 
-    def extractall_without_filters(self, path=".", members=None, *, numeric_owner=False):
-        return extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+        def extractall_without_filters(self, path=".", members=None, *, numeric_owner=False):
+            return extractall(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
 
-    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filters)
-    monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall_without_filters)
+        monkeypatch.delattr(tarfile, "data_filter")
     archive = tmp_path / "cifar-10-python.tar.gz"
     images, _ = write_cifar10_archive(archive, per_batch=8)
     spec = replace(CIFAR["cifar10"], md5=md5_of(archive))
@@ -138,6 +140,20 @@ def test_pickles_cannot_run_code(tmp_path):
     with pytest.raises(CCTError, match="batches.meta: not a valid CIFAR batch file .*refusing to load"):
         load_cifar("cifar10", tmp_path, download_missing=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("numpy_module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_batches_pickled_by_numpy_1_or_2_load_under_either(tmp_path, numpy_module):
+    # the official files name numpy.core, those numpy 2 writes (../shared's copy) numpy._core: numpy 1 refused
+    # those ("No module named 'numpy._core'")
+    images, _ = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
+        tar.extractall(tmp_path)
+    for batch in (tmp_path / "cifar-10-batches-py").iterdir():
+        batch.write_bytes(re.sub(rb"numpy\._?core\.multiarray\n", numpy_module + b"\n", batch.read_bytes()))
+    assert numpy_module in (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    train, _ = load_cifar("cifar10", tmp_path, download_missing=False)
+    assert torch.equal(train.images, torch.from_numpy(images))
 
 
 def test_folder_dataset_converts_any_size_and_mode(tmp_path):
@@ -236,7 +252,7 @@ def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
         load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
     write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=20)
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
-        tar.extractall(tmp_path / "cifar", filter="data")
+        tar.extractall(tmp_path / "cifar")
     (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged, and not read")
     (test,) = load_dataset("cifar10", tmp_path / "cifar", splits=("test",))
     assert len(test) == 20

@@ -115,7 +115,7 @@ def test_evaluate_finds_cifar_where_the_run_did(tmp_path, monkeypatch, capsys):
     archive = tmp_path / "cifar-10-python.tar.gz"
     write_cifar10_archive(archive)  # 100 training and 20 test images
     with tarfile.open(archive) as tar:
-        tar.extractall(tmp_path / "cifar", filter="data")
+        tar.extractall(tmp_path / "cifar")
     out, result = train(RunConfig(model="cct_2_3x2_32", dataset="cifar10", data_dir=str(tmp_path / "cifar"),
                                   recipe=_tiny_recipe(epochs=1, val_size=20), out=str(tmp_path / "run")))
     monkeypatch.chdir(tmp_path)

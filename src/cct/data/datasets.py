@@ -81,8 +81,8 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module == "numpy.core.multiarray":
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        if module.endswith("core.multiarray"):  # numpy.core (the official files') is numpy 2's numpy._core
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
         return super().find_class(module, name)
 
 
