@@ -14,7 +14,7 @@ from cct.evaluation import evaluate_saved
 from cct.cli import main
 from cct.data import load_dataset
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
-from tests.helpers import write_color_dataset
+from tests.helpers import needs_kornia_policies, write_color_dataset
 
 SEED_COLUMNS = ("| name | learning_rate | decay | beta_1 | beta_2 | epsilon | amsgrad | weight_decay | "
                 "exclude_from_weight_decay | training_precision |")
@@ -30,6 +30,7 @@ def run(tmp_path_factory):
     return out
 
 
+@needs_kornia_policies
 def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_path, capsys):
     card = tmp_path / "card"
     assert main(["card", str(run), "--out", str(card)]) == 0
@@ -63,6 +64,7 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_
     assert "the epochs of smaller images shaded](training-curves.png)" in readme and "](architecture.png)" in readme
 
 
+@needs_kornia_policies
 def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
     # it said "all 32 training images trained the model" of a run on the first 10
     data = write_color_dataset(tmp_path / "colors", per_class=16)
@@ -81,6 +83,7 @@ def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
     assert json.loads((tmp_path / "again" / "config.json").read_text())["results"]["train_images"] == 10
 
 
+@needs_kornia_policies
 def test_a_card_of_a_run_whose_dataset_moved_reads_it_from_its_new_place(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     out, _ = train(RunConfig(model="cct_2_3x2_32", dataset=str(data), recipe=replace(RECIPES["small-cpu"], epochs=1,
@@ -99,6 +102,7 @@ def test_a_card_of_a_run_whose_dataset_moved_reads_it_from_its_new_place(tmp_pat
                                             f"{moved}'s 'rot')\n")
 
 
+@needs_kornia_policies
 def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     card = tmp_path / "card"
     assert main(["card", str(run), "--out", str(card)]) == 0
@@ -112,6 +116,7 @@ def test_a_failed_card_leaves_the_previous_one(run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@needs_kornia_policies
 def test_a_run_stopped_before_its_last_epoch_gets_no_card(run, tmp_path, capsys):
     # the card of a run interrupted after its first epoch stated the recipe's 2 epochs (and its test results)
     stopped = tmp_path / "stopped"
@@ -124,6 +129,7 @@ def test_a_run_stopped_before_its_last_epoch_gets_no_card(run, tmp_path, capsys)
     assert not (stopped / "card").exists()
 
 
+@needs_kornia_policies
 def test_a_card_replaces_only_a_card_never_a_run_or_another_folder_or_file(run, tmp_path, capsys):
     # `cct card RUN --out RUN` deleted the run (its checkpoints and state) to put the card in its place
     files = tmp_path / "files"
@@ -141,6 +147,7 @@ def test_a_card_replaces_only_a_card_never_a_run_or_another_folder_or_file(run, 
     assert main(["card", str(run), "--out", str(card)]) == 0 and main(["card", str(run), "--out", str(card)]) == 0
 
 
+@needs_kornia_policies
 def test_the_cards_command_trains_the_run_as_configured(run, tmp_path, monkeypatch, capsys):
     # the card said `cct train --model M --recipe R` of a run whose recipe fields and dataset the command changed
     assert main(["card", str(run), "--out", str(tmp_path / "card")]) == 0

@@ -1,11 +1,16 @@
 """The recipes' augmentations: random choices per image (kornia's policies draw per batch), mixing that keeps
 images and soft targets consistent."""
 
+import kornia
+import pytest
 import torch
 from kornia.augmentation.auto import AutoAugment
 
+from cct.cli import main
 from cct.data import MixUpCutMix, build_augmentation
 from cct.data.augment import OnRGB, PerImagePolicy, PerImageRandAugment
+from cct.errors import CCTError
+from tests.helpers import needs_kornia_policies
 
 
 def _group_sizes(modules):
@@ -17,6 +22,7 @@ def _group_sizes(modules):
     return calls
 
 
+@needs_kornia_policies
 def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image():
     images = torch.rand(256, 3, 32, 32)
     torch.manual_seed(1)
@@ -32,6 +38,7 @@ def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image()
     assert not torch.equal(out, images)
 
 
+@needs_kornia_policies
 def test_rand_augment_draws_operations_and_magnitudes_per_image():
     images = torch.rand(256, 3, 32, 32)
     torch.manual_seed(2)
@@ -47,6 +54,7 @@ def test_rand_augment_draws_operations_and_magnitudes_per_image():
         assert distinct == 1 if std == 0 else distinct > 5  # magnitude noise is per image
 
 
+@needs_kornia_policies
 def test_policies_run_on_grayscale_images_as_rgb_with_equal_channels():
     gray = torch.rand(256, 1, 32, 32)
     for policy in (PerImagePolicy("cifar10"), PerImageRandAugment(num_ops=2, magnitude=9, magnitude_std=0.5)):
@@ -60,13 +68,33 @@ def test_policies_run_on_grayscale_images_as_rgb_with_equal_channels():
     assert augment(gray).shape == gray.shape and augment(torch.rand(8, 3, 32, 32)).shape == (8, 3, 32, 32)
 
 
+def test_policies_are_refused_under_kornia_before_0_9_before_any_data_is_read(tmp_path, monkeypatch, capsys):
+    """kornia 0.8.2, the last release for Python 3.10, zeroes half of the policies' rotations, shears and
+    translations (a random sign made of a bool mask) and posterizes to 0-4 bits."""
+    monkeypatch.setattr(kornia, "__version__", "0.8.2")
+    for policy, make in (("AutoAugment", PerImagePolicy), ("RandAugment", lambda: PerImageRandAugment(2, 9, 0.5))):
+        with pytest.raises(CCTError, match=rf"^{policy}: needs kornia >= 0.9 \(on Python >= 3.11\); kornia 0.8.2, "):
+            make()
+    monkeypatch.chdir(tmp_path)
+    for recipe, field in (("small-cpu", "auto_augment"), ("cct-paper-300", "rand_augment")):
+        assert main(["train", "--recipe", recipe, "--dataset", str(tmp_path / "photos")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"cct: error: recipe field {field}: needs kornia >= 0.9 ") and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no run folder
+    monkeypatch.setattr(kornia, "__version__", "0.9.0")
+    PerImagePolicy(), PerImageRandAugment(2, 9, 0.5)
+
+
 def test_resized_crop_and_erasing():
+    torch.manual_seed(5)
     images = torch.rand(64, 3, 40, 40)
     out = build_augmentation(32, resized_crop_scale=(0.8, 1.0))(images)
     assert out.shape == (64, 3, 32, 32)
     erased = build_augmentation(40, random_erasing=1.0)(images)
     zeroed = (erased == 0).all(1).flatten(1).float().mean(1)
-    assert ((zeroed >= 0.02) & (zeroed <= 0.34)).all()  # kornia's default area (0.02, 0.33) of every image
+    # kornia's default area (0.02, 0.33) of every image, up to the box's whole pixels (0.0175 to 0.341 over 200
+    # seeds); the bounds were 0.02 and 0.34, which 25 of those 200 batches failed
+    assert ((zeroed >= 0.015) & (zeroed <= 0.345)).all()
 
 
 def test_mixup_and_cutmix_targets_match_the_mixed_pixels():

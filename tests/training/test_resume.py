@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from cct.cli import main
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
-from tests.helpers import write_color_dataset
+from tests.helpers import needs_kornia_policies, write_color_dataset
 
 TRAIN = """
 import sys
@@ -37,6 +37,7 @@ def _progress(state):
         return None
 
 
+@needs_kornia_policies
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
     data = write_color_dataset(tmp_path / "colors", per_class=64)  # 120 training images: 15 steps an epoch
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
@@ -104,6 +105,7 @@ def test_a_copied_or_moved_run_resumes_in_its_own_folder(tmp_path, monkeypatch, 
     assert not (tmp_path / "elsewhere" / "first").exists()
 
 
+@needs_kornia_policies
 def test_a_run_whose_dataset_moved_resumes_with_its_new_place_and_refuses_other_classes(tmp_path, capsys):
     data = write_color_dataset(tmp_path / "colors", per_class=8)
     run = tmp_path / "run"

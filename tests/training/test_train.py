@@ -19,7 +19,7 @@ from cct.inference import Classifier
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
 from cct.training.loop import in_words, seconds_left
 from tests.conftest import write_cifar10_archive
-from tests.helpers import write_color_dataset
+from tests.helpers import needs_kornia_policies, write_color_dataset
 
 
 def _tiny_recipe(**overrides):
@@ -218,6 +218,7 @@ def test_same_seed_same_weights(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+@needs_kornia_policies
 def test_ema_weights_are_the_ones_validated_and_saved(tmp_path, capsys):
     """With every augmentation and mixing on: the run trains, and its checkpoints hold the moving average of the
     weights (kept in the training state beside the raw weights), not the raw weights."""

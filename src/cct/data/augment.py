@@ -6,10 +6,23 @@ group of images that drew the same operations through them together."""
 
 from __future__ import annotations
 
+import kornia
 import kornia.augmentation as K
 import torch
 from kornia.augmentation.auto import AutoAugment, RandAugment
 from torch import nn
+
+from ..errors import CCTError
+
+
+def require_policies(what: str) -> None:
+    """Refuse AutoAugment and RandAugment (`what` names the one asked for) under kornia < 0.9: 0.8.2, the last
+    release for Python 3.10, zeroes half of their rotations, shears and translations instead of negating them,
+    and posterizes to 0-4 bits instead of 4-8."""
+    version = kornia.__version__
+    if tuple(int(part) for part in version.split(".")[:2]) < (0, 9):
+        raise CCTError(f"{what}: needs kornia >= 0.9 (on Python >= 3.11); kornia {version}, installed here, zeroes "
+                       "half of the policies' rotations, shears and translations")
 
 
 def _by_group(images: torch.Tensor, drawn: torch.Tensor, transform) -> torch.Tensor:
@@ -43,6 +56,7 @@ class PerImagePolicy(nn.Module):
 
     def __init__(self, policy: str = "cifar10"):
         super().__init__()
+        require_policies("AutoAugment")
         self.subpolicies = nn.ModuleList(AutoAugment(policy).children())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,6 +72,7 @@ class PerImageRandAugment(nn.Module):
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0):
         super().__init__()
+        require_policies("RandAugment")
         self.ops = nn.ModuleList(subpolicy[0] for subpolicy in RandAugment(1, 1).children())
         self.num_ops, self.magnitude, self.magnitude_std = num_ops, magnitude, magnitude_std
 
@@ -116,23 +131,20 @@ class MixUpCutMix(nn.Module):
                  switch_prob: float = 0.5):
         super().__init__()
         self.num_classes, self.mixup_alpha, self.switch_prob = num_classes, mixup_alpha, switch_prob
-        self.mixup = K.RandomMixUpV2(data_keys=["input", "class"]) if mixup_alpha else None
         self.cutmix = (K.RandomCutMixV2(beta=cutmix_alpha, use_correct_lambda=True, data_keys=["input", "class"])
                        if cutmix_alpha else None)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        use_cutmix = self.cutmix is not None and (self.mixup is None or torch.rand(()) < self.switch_prob)
+        use_cutmix = self.cutmix is not None and (not self.mixup_alpha or torch.rand(()) < self.switch_prob)
         if use_cutmix:
             images, mix = self.cutmix(images, labels)
-            mix = mix[0]
-            kept = mix[:, 2]  # kornia's CutMix lambda: the area kept from the image itself
+            own, partner, kept = mix[0].unbind(1)  # kornia's CutMix lambda: the area kept from the image itself
         else:
-            params = self.mixup.forward_parameters(images.shape)
-            beta = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha)
-            params["mixup_lambdas"] = beta.sample((len(images),))
-            images, mix = self.mixup(images, labels, params=params)
-            kept = 1 - mix[:, 2]  # kornia's MixUp lambda: the weight of the partner
-        own = nn.functional.one_hot(mix[:, 0].long(), self.num_classes)
-        partner = nn.functional.one_hot(mix[:, 1].long(), self.num_classes)
+            kept = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample((len(images),))
+            pairing = torch.randperm(len(images)).to(images.device)
+            weight = kept.to(images.device, images.dtype).view(-1, 1, 1, 1)
+            images = weight * images + (1 - weight) * images[pairing]
+            own, partner = labels, labels[pairing]
         kept = kept.to(images.device, images.dtype)[:, None]
-        return images, kept * own + (1 - kept) * partner
+        return images, (kept * nn.functional.one_hot(own.long(), self.num_classes)
+                        + (1 - kept) * nn.functional.one_hot(partner.long(), self.num_classes))
