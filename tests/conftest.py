@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cct.data.download import extract
+
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -49,6 +51,15 @@ def write_cifar10_archive(path: Path, per_batch: int = 20, seed: int = 0) -> tup
 
 def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_cifar10_folder(data_dir: Path, per_batch: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """`write_cifar10_archive`'s archive in `data_dir`, extracted there as cct extracts it (cifar-10-batches-py/)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / "cifar-10-python.tar.gz"
+    written = write_cifar10_archive(archive, per_batch)
+    extract(archive, md5_of(archive), data_dir, "cifar-10-batches-py")
+    return written
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from cct.cli import main
 from cct.data import CIFAR, build_augmentation, load_cifar, load_dataset, load_image_folder
 from cct.errors import CCTError
 from cct.training import save_checkpoint
-from tests.conftest import md5_of, write_cifar10_archive
+from tests.conftest import md5_of, write_cifar10_archive, write_cifar10_folder
 from tests.helpers import write_image
 
 
@@ -146,9 +146,7 @@ def test_pickles_cannot_run_code(tmp_path):
 def test_batches_pickled_by_numpy_1_or_2_load_under_either(tmp_path, numpy_module):
     # the official files name numpy.core, those numpy 2 writes (../shared's copy) numpy._core: numpy 1 refused
     # those ("No module named 'numpy._core'")
-    images, _ = write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=4)
-    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
-        tar.extractall(tmp_path)
+    images, _ = write_cifar10_folder(tmp_path, per_batch=4)
     for batch in (tmp_path / "cifar-10-batches-py").iterdir():
         batch.write_bytes(re.sub(rb"numpy\._?core\.multiarray\n", numpy_module + b"\n", batch.read_bytes()))
     assert numpy_module in (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
@@ -250,9 +248,7 @@ def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
         load_dataset(str(tmp_path), tmp_path)
     with pytest.raises(CCTError, match="a folder of class folders, without test/: move them to test/<class>/"):
         load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
-    write_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", per_batch=20)
-    with tarfile.open(tmp_path / "cifar-10-python.tar.gz") as tar:
-        tar.extractall(tmp_path / "cifar")
+    write_cifar10_folder(tmp_path / "cifar")
     (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged, and not read")
     (test,) = load_dataset("cifar10", tmp_path / "cifar", splits=("test",))
     assert len(test) == 20

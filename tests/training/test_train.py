@@ -3,7 +3,6 @@ import json
 import re
 import subprocess
 import sys
-import tarfile
 from dataclasses import replace
 from datetime import datetime
 
@@ -18,7 +17,7 @@ from cct.cli import main
 from cct.inference import Classifier
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
 from cct.training.loop import in_words, seconds_left
-from tests.conftest import write_cifar10_archive
+from tests.conftest import write_cifar10_folder
 from tests.helpers import needs_kornia_policies, write_color_dataset
 
 
@@ -112,10 +111,7 @@ def test_a_run_on_a_relative_folder_is_found_again_from_elsewhere(tmp_path, monk
 
 def test_evaluate_finds_cifar_where_the_run_did(tmp_path, monkeypatch, capsys):
     # `cct evaluate -c RUN` looked in ./data whatever --data-dir the run had, and went to download CIFAR-10
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    write_cifar10_archive(archive)  # 100 training and 20 test images
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp_path / "cifar")
+    write_cifar10_folder(tmp_path / "cifar")  # 100 training and 20 test images
     out, result = train(RunConfig(model="cct_2_3x2_32", dataset="cifar10", data_dir=str(tmp_path / "cifar"),
                                   recipe=_tiny_recipe(epochs=1, val_size=20), out=str(tmp_path / "run")))
     monkeypatch.chdir(tmp_path)
