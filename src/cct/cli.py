@@ -180,6 +180,10 @@ def _recipes(args: argparse.Namespace) -> None:
 
     for recipe in [get_recipe(name) for name in args.names] or RECIPES.values():
         print(f"{recipe.name}: {PURPOSES[recipe.name]}")
+        try:
+            recipe.require_policies()
+        except CCTError as e:
+            print(f"  refused here: {e}")
         for key, value in recipe.to_dict().items():
             print(f"  {key:<20} {json.dumps(value)}")  # as --recipe-arg takes it
 

@@ -81,7 +81,14 @@ def test_policies_are_refused_under_kornia_before_0_9_before_any_data_is_read(tm
         err = capsys.readouterr().err
         assert err.startswith(f"cct: error: recipe field {field}: needs kornia >= 0.9 ") and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no run folder
+    assert main(["recipes", "small-cpu", "keras-example"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    refused = [line for line in lines if line.startswith("  refused here: ")]
+    assert refused == ["  refused here: recipe field auto_augment: needs kornia >= 0.9 (on Python >= 3.11); kornia "
+                       "0.8.2, installed here, zeroes half of the policies' rotations, shears and translations"]
+    assert lines.index(refused[0]) == 1  # under small-cpu's purpose line; keras-example has no policy
     monkeypatch.setattr(kornia, "__version__", "0.9.0")
+    assert main(["recipes", "small-cpu"]) == 0 and "refused" not in capsys.readouterr().out
     PerImagePolicy(), PerImageRandAugment(2, 9, 0.5)
 
 

@@ -22,7 +22,6 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
-from ..data.augment import require_policies
 from ..data.datasets import require_classes
 from ..errors import CCTError
 from ..evaluation import Metrics, evaluate, to_model_input
@@ -165,9 +164,7 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
             CCT(replace(config, img_size=size))
         except CCTError as e:
             raise CCTError(f"recipe field progressive_resize: stage {size}x{size}: {e}") from None
-    for policy in ("auto_augment", "rand_augment"):
-        if getattr(recipe, policy):
-            require_policies(f"recipe field {policy}")
+    recipe.require_policies()
     if run.out and not resume:
         _check_new_run_folder(Path(run.out))
     if resume and not (Path(run.out) / "state.safetensors").is_file():

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
+from ..data.augment import require_policies
 from ..errors import CCTError
 from ..validation import (BOOLEAN, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, Rule, all_of, check_fields,
                           did_you_mean, integer, number, one_of, optional, tuple_of)
@@ -70,6 +71,13 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def require_policies(self) -> None:
+        """Refuse, naming the field, an AutoAugment or RandAugment that this kornia gets wrong
+        (`cct.data.augment.require_policies`)."""
+        for policy in ("auto_augment", "rand_augment"):
+            if getattr(self, policy):
+                require_policies(f"recipe field {policy}")
 
     def model_overrides(self) -> dict:
         """The model config fields this recipe sets."""
