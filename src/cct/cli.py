@@ -247,7 +247,7 @@ def _evaluate(args: argparse.Namespace) -> None:
                        "per_class": dict(zip(test.classes, result.per_class)),
                        "confusion": result.confusion.tolist(), "confusion_png": str(out)}))
         return
-    print(f"{model.config.name} on {dataset} test ({len(test):,} images){' (test-time flip)' * flip}: top-1 "
+    print(f"{model.config.name} on {dataset} ({len(test):,} test images){' (test-time flip)' * flip}: top-1 "
           f"{result.top1:.2%} top-5 {result.top5:.2%} loss {result.loss:.4f}")
     width = max(15, *map(len, test.classes))
     for name, acc in zip(test.classes, result.per_class):

@@ -238,16 +238,22 @@ def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
     assert test.labels.tolist() == [0, 1] and test.classes == ["cats", "dogs"]
     checkpoint = save_checkpoint(tmp_path / "m.safetensors", cct.create_model("cct_2_3x2_32", num_classes=2))
     assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path)]) == 0
-    assert f"on {tmp_path} test (2 images): top-1" in capsys.readouterr().out
+    assert f"on {tmp_path} (2 test images): top-1" in capsys.readouterr().out
     # a folder of test images alone is evaluated (it needed a train/ folder beside it); training still needs one
     shutil.rmtree(tmp_path / "train")
     assert load_dataset(str(tmp_path), tmp_path, splits=("test",))[0].labels.tolist() == [0, 1]
     assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path)]) == 0
-    assert f"on {tmp_path} test (2 images): top-1" in capsys.readouterr().out
+    assert f"on {tmp_path} (2 test images): top-1" in capsys.readouterr().out
     with pytest.raises(CCTError, match=f"no train/ folder beside its test/ \\(expected {tmp_path}/train/<class>"):
         load_dataset(str(tmp_path), tmp_path)
-    with pytest.raises(CCTError, match="a folder of class folders, without test/: move them to test/<class>/"):
-        load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
+    # so is a folder of class folders itself, such as that test/ (it was refused, the user told to move the
+    # class folders into a test/ of their own)
+    (flat,) = load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
+    assert flat.labels.tolist() == [0, 1] and flat.classes == ["cats", "dogs"] and torch.equal(flat.images, test.images)
+    assert main(["evaluate", "-c", str(checkpoint), "--dataset", str(tmp_path / "test")]) == 0
+    assert f"on {tmp_path / 'test'} (2 test images): top-1" in capsys.readouterr().out
+    with pytest.raises(CCTError, match="a folder of class folders, without train/ and test/: hold a share"):
+        load_dataset(str(tmp_path / "test"), tmp_path)
     write_cifar10_folder(tmp_path / "cifar")
     (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged, and not read")
     (test,) = load_dataset("cifar10", tmp_path / "cifar", splits=("test",))

@@ -116,7 +116,7 @@ def test_evaluate_finds_cifar_where_the_run_did(tmp_path, monkeypatch, capsys):
                                   recipe=_tiny_recipe(epochs=1, val_size=20), out=str(tmp_path / "run")))
     monkeypatch.chdir(tmp_path)
     assert main(["evaluate", "-c", str(out)]) == 0
-    assert "cct_2_3x2_32 on cifar10 test (20 images)" in capsys.readouterr().out
+    assert "cct_2_3x2_32 on cifar10 (20 test images)" in capsys.readouterr().out
     assert not (tmp_path / "data").exists()
 
 
@@ -272,7 +272,7 @@ def test_real_cifar10_smoke_run_then_evaluate_and_predict(tmp_path, cifar10_dir,
 
     assert main(["evaluate", "-c", str(out), "--data-dir", str(cifar10_dir)]) == 0
     printed = capsys.readouterr().out
-    assert "on cifar10 test (10,000 images): top-1" in printed and "  truck" in printed
+    assert "on cifar10 (10,000 test images): top-1" in printed and "  truck" in printed
     assert Image.open(out / "best-cifar10-confusion.png").format == "PNG"
 
     # a real test image, written as a file of another size and mode, is predicted as training saw it

@@ -202,7 +202,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
 def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: int = 3, download_missing: bool = True,
                  splits: tuple[str, ...] = ("train", "test")) -> tuple[ImageTensors, ...]:
     """The `splits` (train, test; only those are read) of a dataset by name: "cifar10", "cifar100", or a folder
-    holding train/ and test/ folders of classes, the same in both (test/ alone where only the test split is read).
+    holding train/ and test/ folders of classes, the same in both (test/ alone where only the test split is read,
+    or the class folders themselves).
     A folder's training images come in a fixed shuffled order (seed 0), as CIFAR's do: the last ones, which
     validate (`Recipe.val_size`), and the first, which `limit_train` keeps, are then a sample of every class,
     not the last or first class folders. A folder's images are read with `channels` (the model's in_chans)."""
@@ -219,10 +220,10 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
                        "<class>/<image>)")
     if missing:
         if root.is_dir() and _subfolders(root):
-            split_up = ("hold a share of each class's images out as test/<class>/, and move the rest to "
-                        "train/<class>/" if "train" in splits else "move them to test/<class>/")
-            raise CCTError(f"{name}: a folder of class folders, without {' and '.join(f'{s}/' for s in splits)}: "
-                           f"{split_up}")
+            if splits == ("test",):  # labelled images to test on, such as another dataset's test/
+                return (load_image_folder(root, img_size, channels),)
+            raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
+                           "class's images out as test/<class>/, and move the rest to train/<class>/")
         if not root.exists():
             raise CCTError(f"{name}: no such folder, nor a dataset name ({', '.join(CIFAR)})")
         raise CCTError(f"{name}: not a dataset folder (expected "
