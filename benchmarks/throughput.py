@@ -81,7 +81,8 @@ def training_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:
         gradients(cct.evaluation.to_model_input(images, runtime.torch_device, runtime.channels_last), labels)
         optimizer.step()
 
-    return best_rate(step, batch, ROUNDS, steps, device=runtime.torch_device)
+    with gradients.stepping():
+        return best_rate(step, batch, ROUNDS, steps, device=runtime.torch_device)
 
 
 def inference_rate(name: str, runtime: Runtime, batch: int, steps: int) -> float:

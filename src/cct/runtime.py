@@ -233,10 +233,11 @@ class BatchThreads:
             torch.set_num_threads(threads)
             return fn(*args)
 
+        calling = torch.get_num_threads()
         try:
             return list(self.pool.map(run, self.part_threads, *parts))
         finally:
-            torch.set_num_threads(self.total)  # libgomp can hand a worker's thread count to this thread
+            torch.set_num_threads(calling)  # libgomp can hand a worker's thread count to this thread
 
 
 def local_processes() -> int:

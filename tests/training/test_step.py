@@ -36,6 +36,27 @@ def test_two_threads_give_the_logits_loss_and_gradients_of_one_pass():
     Runtime(device="cpu").resolve()  # back to one thread per core for the other tests
 
 
+def test_between_split_steps_the_calling_thread_works_on_one_thread():
+    """Its OpenMP helper thread would busy-wait after each of its ops on a core the parts need."""
+    runtime = Runtime(device="cpu", precision="fp32", threads=2).resolve()
+    torch.manual_seed(0)
+    model = runtime.prepare(cct.create_model("cct_keras")).eval()
+    x, y = torch.rand(8, 3, 32, 32).to(memory_format=torch.channels_last), torch.randint(0, 10, (8,))
+    part_threads = []
+    model.register_forward_hook(lambda module, inputs, output: part_threads.append(torch.get_num_threads()))
+    one_pass, split = (GradientStep(model, smoothed_cross_entropy, runtime, parts=parts) for parts in (1, 2))
+    with one_pass.stepping():
+        assert torch.get_num_threads() == 2  # one pass uses both itself
+        one = step_gradients(model, one_pass, x, y)
+    with split.stepping():
+        assert torch.get_num_threads() == 1
+        two = step_gradients(model, split, x, y)
+        assert torch.get_num_threads() == 1 and part_threads == [2, 1, 1]
+    assert torch.get_num_threads() == 2
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(one[2], two[2]))
+    Runtime(device="cpu").resolve()
+
+
 def test_parts_draw_their_dropout_masks_from_torchs_seed_in_order():
     runtime = Runtime(device="cpu", precision="fp32", threads=2).resolve()
     model = runtime.prepare(cct.create_model("cct_keras")).train()

@@ -274,30 +274,31 @@ def _train(run: RunConfig, on_epoch_end: Callable[[int, CCT], None] | None, resu
         correct = torch.tensor(progress["correct"] if first_step else 0, device=device)
         bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
                    dynamic_ncols=True, disable=None if ranks.main else True)  # none in a log file
-        for step in bar:
-            index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
-            x = augment(to_model_input(train_set.images[index], device, runtime.channels_last))
-            if size != img_size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            y = targets = train_set.labels[index]
-            if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
-                x, targets = mix(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            logits, loss = gradients(x, targets)
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
-            if ema:
-                ema.update_parameters(model)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            if step % 20 == 19 or step == steps_per_epoch - 1:
-                seen = len(ranks.shard(order[:min((step + 1) * recipe.batch_size, len(train_set))]))
-                _stop_unless_finite(loss_sum.item(), f"epoch {epoch} (step {step + 1})", out)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-            if (ranks.main and run.checkpoint_every and (step + 1) % run.checkpoint_every == 0
-                    and step + 1 < steps_per_epoch):
-                save_progress(epoch, step + 1, time.perf_counter() - started)
+        with gradients.stepping():
+            for step in bar:
+                index = ranks.shard(order[step * recipe.batch_size:(step + 1) * recipe.batch_size])
+                x = augment(to_model_input(train_set.images[index], device, runtime.channels_last))
+                if size != img_size:
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                y = targets = train_set.labels[index]
+                if mix and (recipe.mix_off_epoch is None or epoch <= recipe.mix_off_epoch):
+                    x, targets = mix(x, y)
+                optimizer.zero_grad(set_to_none=True)
+                logits, loss = gradients(x, targets)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                if ema:
+                    ema.update_parameters(model)
+                loss_sum += loss * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                if step % 20 == 19 or step == steps_per_epoch - 1:
+                    seen = len(ranks.shard(order[:min((step + 1) * recipe.batch_size, len(train_set))]))
+                    _stop_unless_finite(loss_sum.item(), f"epoch {epoch} (step {step + 1})", out)
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
+                if (ranks.main and run.checkpoint_every and (step + 1) % run.checkpoint_every == 0
+                        and step + 1 < steps_per_epoch):
+                    save_progress(epoch, step + 1, time.perf_counter() - started)
         bar.close()
         loss_sum, correct = ranks.sum(loss_sum), ranks.sum(correct)
         if not ranks.main:  # rank 0 validates and writes; the others wait for it
