@@ -35,7 +35,7 @@ class GradientStep:
         """Around a run of steps: with the batch split, the calling thread's own work between them (the
         batch's conversion and augmentation, the optimiser's step) runs on one thread. On two, the OpenMP
         thread that helps it busy-waits after each op for libgomp's spin count (300,000 turns by default,
-        ~8 ms on the Zen 5 CPU), on a core the parts need: the seed model's training steps ran 1.08x as fast
+        ~8 ms on the Zen 5 CPU), on a core the parts need: the benchmark trained the seed model 1.07x as fast
         without it there."""
         if self.threads is None:
             yield
