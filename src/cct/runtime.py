@@ -220,8 +220,8 @@ class BatchThreads:
     kernels keep the thread count they were compiled for)."""
 
     def __init__(self, parts: int):
-        self.total = torch.get_num_threads()
-        self.part_threads = [self.total // parts + (i < self.total % parts) for i in range(parts)]
+        total = torch.get_num_threads()
+        self.part_threads = [total // parts + (i < total % parts) for i in range(parts)]
         self.pool = ThreadPoolExecutor(parts, thread_name_prefix="cct-part")
 
     def __len__(self) -> int:
