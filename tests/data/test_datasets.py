@@ -254,6 +254,9 @@ def test_only_the_splits_asked_for_are_read(tmp_path, capsys):
     assert f"on {tmp_path / 'test'} (2 test images): top-1" in capsys.readouterr().out
     with pytest.raises(CCTError, match="a folder of class folders, without train/ and test/: hold a share"):
         load_dataset(str(tmp_path / "test"), tmp_path)
+    shutil.rmtree(tmp_path / "test" / "dogs")  # and checked as a test/ is
+    with pytest.raises(CCTError, match=r"one class folder \(cats\); a classifier needs two or more$"):
+        load_dataset(str(tmp_path / "test"), tmp_path, splits=("test",))
     write_cifar10_folder(tmp_path / "cifar")
     (tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"damaged, and not read")
     (test,) = load_dataset("cifar10", tmp_path / "cifar", splits=("test",))

@@ -213,31 +213,32 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
             raise CCTError(f"{name}: its images are RGB, so the model's in_chans must be 3, not {channels}")
         return load_cifar(name, data_dir, download_missing, splits=splits)
     root = Path(name)
-    present = [split for split in ("train", "test") if (root / split).is_dir()]
-    missing = [split for split in splits if split not in present]
-    if missing and present:
-        raise CCTError(f"{name}: no {missing[0]}/ folder beside its {present[0]}/ (expected {name}/{missing[0]}/"
-                       "<class>/<image>)")
+    folders = {split: root / split for split in ("train", "test") if (root / split).is_dir()}
+    missing = [split for split in splits if split not in folders]
+    if missing and folders:
+        raise CCTError(f"{name}: no {missing[0]}/ folder beside its {next(iter(folders))}/ (expected "
+                       f"{name}/{missing[0]}/<class>/<image>)")
     if missing:
-        if root.is_dir() and _subfolders(root):
-            if splits == ("test",):  # labelled images to test on, such as another dataset's test/
-                return (load_image_folder(root, img_size, channels),)
+        if root.is_dir() and _subfolders(root) and splits == ("test",):
+            folders = {"test": root}  # labelled images to test on, such as another dataset's test/
+        elif root.is_dir() and _subfolders(root):
             raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
                            "class's images out as test/<class>/, and move the rest to train/<class>/")
-        if not root.exists():
+        elif not root.exists():
             raise CCTError(f"{name}: no such folder, nor a dataset name ({', '.join(CIFAR)})")
-        raise CCTError(f"{name}: not a dataset folder (expected "
-                       f"{' and '.join(f'{name}/{split}/<class>/<image>' for split in splits)})")
-    classes = {split: class_folders(root / split) for split in present}
+        else:
+            raise CCTError(f"{name}: not a dataset folder (expected "
+                           f"{' and '.join(f'{name}/{split}/<class>/<image>' for split in splits)})")
+    classes = {split: class_folders(folder) for split, folder in folders.items()}
     if len(classes) == 2 and classes["train"] != classes["test"]:
         differ = (("train", set(classes["train"]) - set(classes["test"])),
                   ("test", set(classes["test"]) - set(classes["train"])))
         only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in differ if names]
         raise CCTError(f"{root}: train/ and test/ have different class folders ({'; '.join(only)})")
-    first = classes[present[0]]
+    first = next(iter(classes.values()))
     if len(first) < 2:
         raise CCTError(f"{root}: one class folder ({first[0]}); a classifier needs two or more")
-    loaded = [load_image_folder(root / split, img_size, channels) for split in splits]
+    loaded = [load_image_folder(folders[split], img_size, channels) for split in splits]
     return tuple(data.shuffled() if split == "train" else data for split, data in zip(splits, loaded))
 
 
