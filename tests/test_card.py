@@ -92,6 +92,9 @@ def test_a_card_of_a_run_whose_dataset_moved_reads_it_from_its_new_place(tmp_pat
     assert main(["card", str(out)]) == 1  # it was "unknown dataset '.../colors': not one of cifar10, cifar100 ..."
     assert capsys.readouterr().err == f"cct: error: {data}: no such folder, the dataset {out} was trained on (moved? " \
                                       "give its new place with --dataset)\n"
+    assert main(["card", str(out), "--dataset", str(moved / "test")]) == 1  # the training images are counted too
+    assert capsys.readouterr().err == f"cct: error: {moved / 'test'}: no train/ folder (expected " \
+                                      f"{moved / 'test'}/train/<class>/<image>)\n"  # it was ".../test/train: not a folder"
     assert main(["card", str(out), "--dataset", str(moved)]) == 0
     card = json.loads((out / "card" / "config.json").read_text())
     assert card["dataset"] == "colors-moved" and card["results"]["test_images"] == 16

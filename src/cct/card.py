@@ -46,6 +46,7 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
                        f"a finished run: finish it first (`cct train --resume {run}`)")
     model, header = load_checkpoint(run / "best.safetensors")
     data_dir = data_dir or config.data_dir
+    trained = count_images(config.dataset, data_dir, "train") - config.recipe.val_size
     (test,) = load_dataset(config.dataset, data_dir, model.config.img_size, model.config.in_chans, splits=("test",))
     require_classes(model.config, test, config.dataset, run)
     result = evaluate_saved(model, header, test)
@@ -54,7 +55,6 @@ def write_card(run: str | Path, out: str | Path, data_dir: str | Path | None = N
     staging = temporary_path(out, "", folder=True)
     try:
         shutil.copyfile(run / "best.safetensors", staging / "model.safetensors")
-        trained = count_images(config.dataset, data_dir, "train") - config.recipe.val_size
         summary = {"train_images": min(trained, config.recipe.limit_train or trained), "test_images": len(test),
                    "test_top1": result.top1, "test_top5": result.top5,
                    "per_class": dict(zip(test.classes, result.per_class)), "best_epoch": header["info"]["epoch"],

@@ -247,6 +247,8 @@ def count_images(name: str, data_dir: str | Path, split: str) -> int:
     folder's image files, counted without decoding them."""
     if name in CIFAR:
         return len(load_cifar(name, data_dir, splits=(split,))[0])
+    if not (Path(name) / split).is_dir():
+        raise CCTError(f"{name}: no {split}/ folder (expected {name}/{split}/<class>/<image>)")
     return len(_labelled_files(Path(name) / split)[1])
 
 
