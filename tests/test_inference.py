@@ -32,6 +32,14 @@ def test_every_kind_of_input_gives_the_same_prediction(tmp_path, classifier):
     assert [p.labels for p in listed] == [expected.labels, expected.labels]
 
 
+def test_a_classifier_shows_its_model_classes_and_runtime(classifier):
+    assert repr(classifier) == ("Classifier(cct_2_3x2_32, 10 classes: a, b, c, d, e, f, g, h, i, j; "
+                                f"{classifier.runtime.describe()})")
+    assert classifier.runtime.describe().startswith("cpu fp32, ")  # and the thread count
+    many = cct.Classifier(cct.create_model("cct_2_3x2_32", num_classes=12))
+    assert repr(many) == "Classifier(cct_2_3x2_32, 12 classes: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 2 more; the model as given)"
+
+
 def test_probabilities_over_all_classes_sum_to_one(classifier):
     prediction = classifier.predict(torch.rand(3, 40, 50), top_k=10)
     assert sum(prediction.probabilities) == pytest.approx(1.0, abs=1e-5)

@@ -50,6 +50,11 @@ class Classifier:
         self.classes = names if len(names) == model.config.num_classes else [str(i) for i in
                                                                               range(model.config.num_classes)]
 
+    def __repr__(self) -> str:
+        shown = ", ".join(self.classes[:10]) + (f" and {len(self.classes) - 10} more" if len(self.classes) > 10 else "")
+        where = self.runtime.describe() if self.runtime else "the model as given"
+        return f"Classifier({self.model.config.name}, {len(self.classes)} classes: {shown}; {where})"
+
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":
         """From anything `cct.from_pretrained` takes: a card folder, a run folder (its best checkpoint), a
