@@ -31,7 +31,7 @@ BUNDLED: list[PretrainedWeights] = [
                       "673058da645b2f8b6f7787e273495fbe76e5be7887d4dfea5530e364cc7f1362", 0.8651),
     # the seed model, keras-example recipe (the README's main command), default runtime (bf16 autocast)
     PretrainedWeights("cct_2_3x2_32_keras", "cifar10",
-                      "3a1776e2b68acad5534f191effa924d020d6978827f48cb6793c48bdae15232d", 0.7745),
+                      "3fb2eb0c8f7ca706c55987f8d3930569ffb3d0196f509c85fb572cba37defcb1", 0.7730),
 ]
 DEFAULT_MODEL = "cct_4_3x2_32"  # what `cct predict` and the other commands use without --checkpoint
 
