@@ -219,16 +219,15 @@ def load_dataset(name: str, data_dir: str | Path, img_size: int = 32, channels: 
         raise CCTError(f"{name}: no {missing[0]}/ folder beside its {next(iter(folders))}/ (expected "
                        f"{name}/{missing[0]}/<class>/<image>)")
     if missing:
-        if root.is_dir() and _subfolders(root) and splits == ("test",):
-            folders = {"test": root}  # labelled images to test on, such as another dataset's test/
-        elif root.is_dir() and _subfolders(root):
-            raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
-                           "class's images out as test/<class>/, and move the rest to train/<class>/")
-        elif not root.exists():
+        if not root.exists():
             raise CCTError(f"{name}: no such folder, nor a dataset name ({', '.join(CIFAR)})")
-        else:
+        if not (root.is_dir() and _subfolders(root)):
             raise CCTError(f"{name}: not a dataset folder (expected "
                            f"{' and '.join(f'{name}/{split}/<class>/<image>' for split in splits)})")
+        if splits != ("test",):
+            raise CCTError(f"{name}: a folder of class folders, without train/ and test/: hold a share of each "
+                           "class's images out as test/<class>/, and move the rest to train/<class>/")
+        folders = {"test": root}  # labelled images to test on, such as another dataset's test/
     classes = {split: class_folders(folder) for split, folder in folders.items()}
     if len(classes) == 2 and classes["train"] != classes["test"]:
         differ = (("train", set(classes["train"]) - set(classes["test"])),
