@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .data.images import image_to_tensor, load_image, open_image
-from .errors import CCTError
+from .errors import CCTError, first_few
 from .evaluation import predict_logits
 from .models import CCT
 from .runtime import Runtime
@@ -51,9 +51,9 @@ class Classifier:
                                                                               range(model.config.num_classes)]
 
     def __repr__(self) -> str:
-        shown = ", ".join(self.classes[:10]) + (f" and {len(self.classes) - 10} more" if len(self.classes) > 10 else "")
         where = self.runtime.describe() if self.runtime else "the model as given"
-        return f"Classifier({self.model.config.name}, {len(self.classes)} classes: {shown}; {where})"
+        classes = f"{len(self.classes)} classes: {first_few(self.classes, 10)}"
+        return f"Classifier({self.model.config.name}, {classes}; {where})"
 
     @classmethod
     def from_pretrained(cls, source: str | Path, device: str = "cpu", precision: str = "fp32") -> "Classifier":

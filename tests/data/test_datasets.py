@@ -196,6 +196,10 @@ def test_folder_dataset_names_its_class_folders_without_images_before_decoding_a
     with pytest.raises(CCTError, match=r"^\S+: no images \(.*\.png.*\) in the class folders cats, owls, yaks: "
                        "each class needs some$"):
         load_image_folder(tmp_path, 32)
+    for cls in ("ants", "bees", "boars", "crows", "elks"):
+        (tmp_path / cls).mkdir()
+    with pytest.raises(CCTError, match=r"in the class folders ants, bees, boars, cats, crows and 3 more: "):
+        load_image_folder(tmp_path, 32)
 
 
 def test_a_folder_dataset_that_cannot_fit_in_memory_is_refused_before_decoding_any(tmp_path):

@@ -425,6 +425,11 @@ def test_training_into_a_run_folder_a_file_or_a_folder_of_other_files_is_refused
                                       "notes.txt); choose a new or empty --out\n"
     assert sorted((p.name, p.read_text()) for p in project.iterdir()) == [
         ("config.json", '{"mine": true}'), ("notes.txt", "mine too")]
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt"):
+        (project / name).write_text("mine")
+    assert main(["train", "--model", "cct_2_3x2_32", "--dataset", str(data), "--out", str(project)]) == 1
+    assert capsys.readouterr().err == f"cct: error: {project}: holds other files than a run's (config.json, " \
+                                      "a.txt, b.txt, c.txt, d.txt and 2 more); choose a new or empty --out\n"
 
 
 def test_a_run_folder_another_process_trains_into_is_refused_and_left_alone(tmp_path):

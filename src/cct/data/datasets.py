@@ -14,7 +14,7 @@ import psutil
 import torch
 from tqdm import tqdm
 
-from ..errors import CCTError
+from ..errors import CCTError, first_few
 from .download import download, extract
 from .images import IMAGE_SUFFIXES, check_channels, image_files, load_images
 
@@ -175,9 +175,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
     labelled = {label for _, label in files}
     empty = [cls for label, cls in enumerate(classes) if label not in labelled]
     if empty:
-        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise CCTError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class "
-                       f"folder{'s' * (len(empty) > 1)} {shown}: each class needs some")
+                       f"folder{'s' * (len(empty) > 1)} {first_few(empty, 5)}: each class needs some")
     shape = (len(files), channels, img_size, img_size)
     size, free = math.prod(shape), psutil.virtual_memory().available
     if 2 * size > free:
@@ -193,9 +192,8 @@ def load_image_folder(root: str | Path, img_size: int, channels: int = 3) -> Ima
         else:
             images[i] = image
     if failures:
-        shown = "; ".join(failures[:5]) + ("; ..." if len(failures) > 5 else "")
         raise CCTError(f"{root}: {len(failures)} unreadable image{'s' * (len(failures) > 1)}, fix or remove "
-                       f"{'them' if len(failures) > 1 else 'it'}: {shown}")
+                       f"{'them' if len(failures) > 1 else 'it'}: {first_few(failures, 5, '; ')}")
     return ImageTensors(images, torch.tensor([label for _, label in files]), classes)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data import CIFAR, MixUpCutMix, build_augmentation, load_dataset
 from ..data.datasets import require_classes
-from ..errors import CCTError
+from ..errors import CCTError, first_few
 from ..evaluation import Metrics, evaluate, to_model_input
 from ..files import atomic_write, lock_run_folder, make_folder, to_json
 from ..models import CCT, CCTConfig, adapted, adapted_config, count_parameters, model_config
@@ -387,8 +387,7 @@ def _check_new_run_folder(out: Path) -> None:
         except CCTError:
             others.insert(0, "config.json")
     if others:
-        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-        raise CCTError(f"{out}: holds other files than a run's ({shown}); choose a new or empty --out")
+        raise CCTError(f"{out}: holds other files than a run's ({first_few(others, 5)}); choose a new or empty --out")
 
 
 def _set_by_data(dataset: str) -> set[str]:
