@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 import sys
 import warnings
@@ -48,6 +50,20 @@ def test_class_names_in_chinese_and_japanese_are_drawn(tmp_path):
         warnings.simplefilter("error")  # a glyph that no font draws is a warning
         plot_confusion_matrix(torch.tensor([[3, 1], [0, 4]]), ["猫 cat", "犬 いぬ"], tmp_path / "cm.png", "猫と犬")
     assert Image.open(tmp_path / "cm.png").format == "PNG"
+
+
+def test_a_cjk_font_installed_after_matplotlib_cached_its_font_list_is_found(tmp_path):
+    # the README's set-up command drew figures (caching the font list), then its test command installed the font,
+    # which the cache never listed: class names were drawn as boxes until the cache was deleted by hand
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=env, check=True)
+    [cache] = tmp_path.glob("fontlist-*.json")
+    fonts = json.loads(cache.read_text())
+    fonts["ttflist"] = [font for font in fonts["ttflist"] if font["name"] not in CJK_FONTS]
+    cache.write_text(json.dumps(fonts))
+    code = "from cct.plots import font_families; print(font_families())"
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert len(font_families()) > 1 and found.stdout.strip() == repr(font_families())
 
 
 def test_training_curves_mark_the_kept_epoch_and_draw_the_learning_rate(tmp_path):

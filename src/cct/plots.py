@@ -25,9 +25,24 @@ CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Source
 
 @functools.cache
 def font_families() -> tuple[str, ...]:
-    """DejaVu Sans, then the installed `CJK_FONTS`, which draw the glyphs it lacks."""
-    installed = {font.name for font in font_manager.fontManager.ttflist}
-    return ("DejaVu Sans", *(name for name in CJK_FONTS if name in installed))
+    """DejaVu Sans, then the installed `CJK_FONTS`, which draw the glyphs it lacks. When matplotlib's cached font
+    list has none of them, the system's fonts are looked through once: the cache does not see fonts installed after
+    it was made, such as by the README's test command after the set-up command first drew a figure."""
+    manager = font_manager.fontManager
+
+    def cjk() -> tuple[str, ...]:
+        installed = {font.name for font in manager.ttflist}
+        return tuple(name for name in CJK_FONTS if name in installed)
+
+    if not cjk():
+        known = {font.fname for font in manager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    manager.addfont(path)
+                except Exception:  # a font file FreeType cannot read is skipped, as in matplotlib's own scan
+                    continue
+    return ("DejaVu Sans", *cjk())
 
 
 def _save(fig: Figure, path: Path) -> None:
