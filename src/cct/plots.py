@@ -29,20 +29,15 @@ def font_families() -> tuple[str, ...]:
     list has none of them, the system's fonts are looked through once: the cache does not see fonts installed after
     it was made, such as by the README's test command after the set-up command first drew a figure."""
     manager = font_manager.fontManager
-
-    def cjk() -> tuple[str, ...]:
-        installed = {font.name for font in manager.ttflist}
-        return tuple(name for name in CJK_FONTS if name in installed)
-
-    if not cjk():
+    if not any(font.name in CJK_FONTS for font in manager.ttflist):
         known = {font.fname for font in manager.ttflist}
-        for path in font_manager.findSystemFonts():
-            if path not in known:
-                try:
-                    manager.addfont(path)
-                except Exception:  # a font file FreeType cannot read is skipped, as in matplotlib's own scan
-                    continue
-    return ("DejaVu Sans", *cjk())
+        for path in sorted(set(font_manager.findSystemFonts()) - known):
+            try:
+                manager.addfont(path)
+            except Exception:  # a font file FreeType cannot read is skipped, as in matplotlib's own scan
+                pass
+    installed = {font.name for font in manager.ttflist}
+    return ("DejaVu Sans", *(name for name in CJK_FONTS if name in installed))
 
 
 def _save(fig: Figure, path: Path) -> None:
