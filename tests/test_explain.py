@@ -55,6 +55,11 @@ def test_explain_writes_a_png(tmp_path, capsys):
         assert capsys.readouterr().err == f"cct: error: --out {tmp_path / 'all.png'}: one .png for several images; " \
                                           "give a folder\n"
     assert not (tmp_path / "all.png").exists()
+    # another image's name was made a folder: `--out map.jpg` wrote map.jpg/photo.explain.png
+    assert main(["explain", "-c", str(checkpoint), str(image), "--out", str(tmp_path / "map.jpg")]) == 1
+    assert capsys.readouterr().err == f"cct: error: --out {tmp_path / 'map.jpg'}: explain writes PNG images; give " \
+                                      "a name ending in .png for one image, or a folder\n"
+    assert not (tmp_path / "map.jpg").exists()
 
 
 def test_explain_takes_several_images_and_folders_into_a_folder(tmp_path, capsys):

@@ -335,12 +335,17 @@ def _image_files(arguments: list[str], failures: list[str]) -> list[tuple[str, P
 def _explain(args: argparse.Namespace) -> int:
     """Explains every readable image, as `_predict` predicts; --out is the PNG of one image, or a folder, where
     the images of a folder argument keep their subfolders."""
+    from .data.images import IMAGE_SUFFIXES
     from .explain import explain
     from .inference import Classifier
 
+    suffix = Path(args.out).suffix.lower() if args.out else ""
+    if suffix in IMAGE_SUFFIXES - {".png"} and not Path(args.out).is_dir():
+        raise CCTError(f"--out {args.out}: explain writes PNG images; give a name ending in .png for one image, "
+                       "or a folder")
     failures = []
     images = _image_files(args.images, failures)
-    one_file = args.out and Path(args.out).suffix.lower() == ".png"
+    one_file = suffix == ".png"
     if one_file and (len(args.images) > 1 or Path(args.images[0]).is_dir()):
         raise CCTError(f"--out {args.out}: one .png for several images; give a folder")
     outs = {}  # an image given twice (itself and in its folder) is explained once
