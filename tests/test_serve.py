@@ -147,6 +147,13 @@ def test_unknown_paths_name_the_right_ones(server):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(server.url + "/api/predict", timeout=30)
     assert error.value.headers["Allow"] == "POST"
+    # http.server's own errors were HTML pages
+    assert request(server.url + "/api/predict", method="DELETE") == (501, {"error": "Unsupported method ('DELETE')"})
+    with socket.create_connection(server.server_address[:2], timeout=30) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nX-Long: " + b"x" * 70_000 + b"\r\n\r\n")
+        head, body = connection.makefile("rb").read().split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.0 431") and b"Content-Type: application/json" in head
+    assert json.loads(body) == {"error": "Line too long"}
 
 
 def test_a_stalled_client_times_out_without_blocking_others(server):

@@ -146,6 +146,11 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: HTTPStatus, payload: dict) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (a malformed request, a method other than GET, HEAD and POST) in JSON too."""
+        self.close_connection = True
+        self._json(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
+
     @property
     def route(self) -> str:
         return urlsplit(self.path).path
