@@ -1,6 +1,7 @@
 """`cct card RUN`: a Hugging Face style folder that loads back, with the seed card's sections and real results."""
 
 import json
+import re
 import shlex
 import shutil
 from dataclasses import replace
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 import cct
+from cct.card import _refilled
 from cct.evaluation import evaluate_saved
 from cct.cli import main
 from cct.data import load_dataset
@@ -51,7 +53,11 @@ def test_card_folder_has_the_seed_cards_sections_and_loads_back(umask, run, tmp_
     assert config["results"]["test_top1"] == pytest.approx(expected.top1)
     assert config["model"]["name"] == "cct_2_3x2_32" and config["recipe"]["name"] == "small-cpu"
 
-    readme = (card / "README.md").read_text()
+    text = (card / "README.md").read_text()
+    # prose refilled to 110 columns, a code span never split: the template's lines ran to 270 with what it put in
+    assert all(len(line) <= 110 or line.startswith(("|", "![")) or re.fullmatch(r"`[^`]*`\.?", line)
+               for line in text.splitlines())
+    readme = " ".join(text.split())  # the words, whatever the line breaks
     for section in ("## Model description", "## Intended uses & limitations", "## Training and evaluation data",
                     "### Training hyperparameters", "## Training metrics", "## Model plot", "## Results"):
         assert section in readme
@@ -75,8 +81,9 @@ def test_a_card_counts_the_images_a_limited_run_trained_on(tmp_path):
                                  out=str(tmp_path / f"run{val_size}")))
         assert main(["card", str(out)]) == 0
         assert json.loads((out / "card" / "config.json").read_text())["results"]["train_images"] == 10
-        assert words in (out / "card" / "README.md").read_text()
-        assert "Batch size 8, 1 epoch. " in (out / "card" / "README.md").read_text()  # was "1 epochs"
+        readme = " ".join((out / "card" / "README.md").read_text().split())
+        assert words in readme
+        assert "Batch size 8, 1 epoch. " in readme  # was "1 epochs"
     # the training images are counted, not decoded: a card took the memory and time of loading them all
     (data / "train" / "red" / "0.png").write_bytes(b"not an image any more")
     assert main(["card", str(out), "--out", str(tmp_path / "again")]) == 0
@@ -181,9 +188,26 @@ def test_a_card_names_the_papers_baselines_for_what_they_are(tmp_path, name, tag
     out, _ = train(RunConfig(model=name, dataset=str(data), recipe=recipe, out=str(tmp_path / "run"),
                              model_args={"embed_dim": 64}))
     assert main(["card", str(out)]) == 0
-    readme = (out / "card" / "README.md").read_text()
+    text = (out / "card" / "README.md").read_text()
+    assert f"tags:\n- image-classification\n- {tag}\n" in text
+    readme = " ".join(text.split())
     assert kind in readme and origin in readme and pools in readme
-    assert f"tags:\n- image-classification\n- {tag}\n" in readme
     assert "has no convolutional tokenizer: its 4x4 patches, each projected as in ViT, make 64 tokens of width 64" \
         in readme
     assert "CCT-" not in readme and "a small convolutional tokenizer" not in readme
+
+
+def test_refilling_keeps_the_markdown_it_was_given():
+    # class names of any kind are put into the prose: a line starting "- " or "1. " there would begin a list
+    text = "Classes (" + ", ".join(["a - b", "1. c", "# d", "e === f"] * 12) + ").\n- an item `with a code span` "
+    text += "word " * 30 + "\n\n```python\nx  =  1   # kept as it is, a long line: " + "y " * 60 + "\n```\n| a | table |\n"
+    for width in range(30, 60):
+        refilled = _refilled(text, width)
+        assert " ".join(refilled.split()) == " ".join(text.split())
+        prose, code = refilled.split("```python\n")
+        assert code == text.split("```python\n")[1]
+        lines = prose.strip().splitlines()
+        item = next(i for i, line in enumerate(lines) if line.startswith("- "))
+        assert [line for line in lines if re.match(r"([-+*>=#]+|\d+[.)])( |$)", line)] == [lines[item]]
+        assert "`with a code span`" in lines[item]
+        assert all(len(line) <= width and line.startswith("  ") for line in lines[item + 1:])

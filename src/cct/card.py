@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shlex
 import shutil
 from dataclasses import asdict
@@ -110,7 +111,7 @@ def _readme(model, config: RunConfig, summary: dict, rows: list[dict], result: M
     scope = f" from the weights of {config.init_from}" if config.init_from else " only"
     command = train_command(config)
     kind, origin, reads, pools = _architecture(model)
-    return f"""---
+    front_matter = f"""---
 library_name: compact-transformers
 tags:
 - image-classification
@@ -121,7 +122,8 @@ metrics:
 - accuracy
 ---
 
-# {c.name} on {dataset}
+"""
+    return front_matter + _refilled(f"""# {c.name} on {dataset}
 
 A {kind} ({count_parameters(model):,} parameters, {count_macs(model) / 1e6:.1f}M
 multiply-accumulates per image) trained with the `{r.name}` recipe of compact-transformers{started}: **test top-1 {summary['test_top1']:.2%},
@@ -193,7 +195,37 @@ model = cct.from_pretrained("path/to/this/folder")   # a CCT in eval mode; input
 classifier = cct.Classifier(model)
 print(classifier.predict("photo.jpg"))
 ```
-"""
+""")
+
+
+def _refilled(markdown: str, width: int = 110) -> str:
+    """`markdown` with each paragraph and list item refilled to `width` columns (headings, tables, figures and code
+    blocks kept as they are), as the text put into the template has any length."""
+    lines, block, fenced = [], [], False
+    for line in [*markdown.split("\n"), ""]:
+        fenced ^= line.startswith("```")
+        verbatim = fenced or line.startswith(("```", "#", "|", "![")) or not line.strip()
+        if block and (verbatim or line.startswith("- ")):
+            lines += _filled(" ".join(block), width)
+            block = []
+        if verbatim:
+            lines.append(line)
+        else:
+            block.append(line.strip())
+    return "\n".join(lines[:-1])
+
+
+def _filled(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` columns, never split within a code span (a longer word stands alone), nor
+    before a word that would start a Markdown block there ("-", "1.", "#"); a list item's lines after its first
+    indented by two spaces."""
+    lines = []
+    for word in re.findall(r"\S*`[^`]*`\S*|\S+", text):
+        if lines and (len(lines[-1]) + 1 + len(word) <= width or re.fullmatch(r"[-+*>=#]+|\d+[.)]", word)):
+            lines[-1] += " " + word
+        else:
+            lines.append(("  " if lines and text.startswith("- ") else "") + word)
+    return lines
 
 
 def train_command(config: RunConfig) -> str | None:
