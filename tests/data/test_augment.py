@@ -30,12 +30,26 @@ def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image()
     kornia_policy(images)
     assert len(kornia_policy._params) == 1  # the sub-policy it drew, for the whole batch
 
+    # ours: each image through the two operations of the sub-policy drawn for it, with the parameters those drew
+    # for it, though each kind of operation runs once a stage for all the sub-policies that have it there
     ours = PerImagePolicy("cifar10")
-    calls = _group_sizes(ours.subpolicies)
+    drawn_params = {}
+    for op in (op for subpolicy in ours.subpolicies for op in subpolicy.children()):
+        op.forward_parameters = lambda shape, op=op, draw=op.forward_parameters: drawn_params.setdefault(op, draw(shape))
+    calls = _group_sizes([op for subpolicy in ours.subpolicies for op in subpolicy.children()])
+    torch.manual_seed(3)
     out = ours(images)
-    assert sum(size for _, size, _ in calls) == 256 and len({i for i, _, _ in calls}) > 15
     assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
     assert not torch.equal(out, images)
+    torch.manual_seed(3)
+    drawn = torch.randint(len(ours.subpolicies), (256,))
+    assert len(drawn.unique()) > 15 and len(calls) < 2 * len(drawn.unique())
+    for k, subpolicy in enumerate(ours.subpolicies):
+        rows = (drawn == k).nonzero().squeeze(1)
+        expected = images[rows]
+        for op in subpolicy.children() if len(rows) else ():
+            expected = op(expected, params=drawn_params[op])
+        torch.testing.assert_close(out[rows], expected)
 
 
 @needs_kornia_policies

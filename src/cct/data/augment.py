@@ -52,7 +52,11 @@ class OnRGB(nn.Module):
 
 class PerImagePolicy(nn.Module):
     """AutoAugment (CIFAR-10 policy by default) with one of its sub-policies drawn for each image.
-    (B, C, H, W) -> (B, C, H, W)."""
+
+    Each stage of the sub-policies (their first operations, then their second) runs each kind of operation once, on
+    all the images whose sub-policy has it there, with the parameters each sub-policy's own operation draws for its
+    images: kornia's cost per call, not per image, was most of the time (29 against 16 ms for 128 images on one
+    thread when each sub-policy ran apart). (B, C, H, W) -> (B, C, H, W)."""
 
     def __init__(self, policy: str = "cifar10"):
         super().__init__()
@@ -61,7 +65,20 @@ class PerImagePolicy(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         drawn = torch.randint(len(self.subpolicies), (len(images),))
-        return _by_group(images.clone(), drawn, lambda k, rows, group: self.subpolicies[k](group))
+        rows = {k: (drawn == k).nonzero().squeeze(1) for k in drawn.unique().tolist()}
+        out = images.clone()
+        for stage in zip(*(subpolicy.children() for subpolicy in self.subpolicies)):
+            kinds: dict[type, list[int]] = {}
+            for k in rows:
+                kinds.setdefault(type(stage[k]), []).append(k)
+            for members in kinds.values():
+                params = [stage[k].forward_parameters(torch.Size((len(rows[k]), *images.shape[1:]))) for k in members]
+                merged = {key: torch.cat([p[key] for p in params]) for key in params[0]}
+                together = torch.cat([rows[k] for k in members]).to(images.device)
+                group = out[together]
+                merged["forward_input_shape"] = torch.tensor(group.shape)
+                out[together] = stage[members[0]](group, params=merged)
+        return out
 
 
 class PerImageRandAugment(nn.Module):
