@@ -33,10 +33,12 @@ def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image()
     # ours: each image through the two operations of the sub-policy drawn for it, with the parameters those drew
     # for it, though each kind of operation runs once a stage for all the sub-policies that have it there
     ours = PerImagePolicy("cifar10")
+    operations = [op for subpolicy in ours.subpolicies for op in subpolicy.children()]
     drawn_params = {}
-    for op in (op for subpolicy in ours.subpolicies for op in subpolicy.children()):
-        op.forward_parameters = lambda shape, op=op, draw=op.forward_parameters: drawn_params.setdefault(op, draw(shape))
-    calls = _group_sizes([op for subpolicy in ours.subpolicies for op in subpolicy.children()])
+    for op in operations:  # each records the parameters it draws
+        op.forward_parameters = lambda shape, op=op, draw=op.forward_parameters: drawn_params.setdefault(
+            op, draw(shape))
+    calls = _group_sizes(operations)
     torch.manual_seed(3)
     out = ours(images)
     assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
@@ -44,10 +46,10 @@ def test_kornia_autoaugment_draws_one_subpolicy_per_batch_ours_draws_per_image()
     torch.manual_seed(3)
     drawn = torch.randint(len(ours.subpolicies), (256,))
     assert len(drawn.unique()) > 15 and len(calls) < 2 * len(drawn.unique())
-    for k, subpolicy in enumerate(ours.subpolicies):
+    for k in drawn.unique().tolist():
         rows = (drawn == k).nonzero().squeeze(1)
         expected = images[rows]
-        for op in subpolicy.children() if len(rows) else ():
+        for op in ours.subpolicies[k].children():
             expected = op(expected, params=drawn_params[op])
         torch.testing.assert_close(out[rows], expected)
 
