@@ -2,6 +2,8 @@
 onto cct_keras, gives the same logits."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -53,6 +55,19 @@ def test_convert_keras_files_through_the_cli(tmp_path):
         with torch.no_grad():
             logits = model(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).numpy()
         assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_convert_keras_with_neither_tensorflow_nor_a_named_backend(tmp_path):
+    # Keras 3 falls back to TensorFlow: with `pip install keras` alone, `cct convert-keras` said to install keras
+    keras_model = _random_keras_model(3)
+    keras_model.save_weights(tmp_path / "seed.weights.h5")
+    command = ["convert-keras", str(tmp_path / "seed.weights.h5"), "--out", str(tmp_path / "seed.safetensors")]
+    script = f"import sys; sys.modules['tensorflow'] = None; from cct.cli import main; sys.exit(main({command!r}))"
+    environment = {name: value for name, value in os.environ.items() if name != "KERAS_BACKEND"}
+    subprocess.run([sys.executable, "-c", script], env=environment, check=True)
+    model, _ = load_checkpoint(tmp_path / "seed.safetensors")
+    expected = state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.trainable_weights])
+    assert all(torch.equal(model.state_dict()[name], weight) for name, weight in expected.items())
 
 
 def test_convert_keras_refuses_other_files(tmp_path, capsys):

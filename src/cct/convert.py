@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +55,24 @@ def state_dict_from_keras_weights(model: CCT, weights: list[np.ndarray]) -> dict
 
 def convert_keras(path: str | Path, class_names: tuple[str, ...] = CIFAR10_CLASSES) -> CCT:
     """A `cct_keras` model holding the weights of a saved seed Keras model (.keras, .weights.h5 or .h5),
-    read by Keras 3 into the reference model (needs `keras` and a backend)."""
+    read by Keras 3 into the reference model (needs `keras`; its backend is torch unless KERAS_BACKEND names one or
+    TensorFlow is installed)."""
     path = Path(path)
     if not path.is_file():
         raise CCTError(f"{path}: no such file")
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
+        os.environ["KERAS_BACKEND"] = "torch"  # Keras 3 falls back to TensorFlow; torch is installed with cct
     try:
+        from keras import ops
+
         from .keras_reference import build_keras_cct
     except ImportError as e:
-        raise CCTError(f"converting Keras weights needs keras and a backend (pip install keras jax[cpu]): {e}") from e
+        raise CCTError(f"converting Keras weights needs keras (pip install keras): {e}") from e
     keras_model = build_keras_cct(num_classes=len(class_names))
     try:
         keras_model.load_weights(path)
     except Exception as e:  # Keras raises many types for a file that is not the seed model's weights
         raise CCTError(f"{path}: not the weights of the seed Keras CCT ({str(e).splitlines()[0]})") from e
     model = create_model("cct_keras", num_classes=len(class_names), class_names=class_names)
-    model.load_state_dict(state_dict_from_keras_weights(model, [w.numpy() for w in keras_model.trainable_weights]))
+    model.load_state_dict(state_dict_from_keras_weights(model, [ops.convert_to_numpy(w) for w in keras_model.trainable_weights]))
     return model.eval()
