@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 import cct
@@ -109,6 +110,14 @@ def test_the_pooling_weights_are_drawn_as_large_as_the_input_beside_them(tmp_pat
     assert (left.width, left.height) == pytest.approx((right.width, right.height))
     assert left.x1 < right.x0 and right.x1 < colorbar.x0
     assert Image.open(tmp_path / "explained.png").size == (960, 468)
+    # the axes sit at fixed places (no layout engine, for speed): every text still inside the figure, with long
+    # tick labels and a long title
+    fig = plot_attention(image, heat * 0.0123, (8, 8), "长颈鹿 a-giraffe-among-zebras 90.0%", tmp_path / "long.png")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    drawn = fig.get_tightbbox(canvas.get_renderer())  # all that is drawn, in inches
+    assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= 8 and drawn.y1 <= 3.9
+    assert drawn.x1 > 7.5  # the colorbar's label and tick labels, next to the figure's right edge
 
 
 @pytest.mark.parametrize("name", ["cct_keras", "vit_lite_6_4_32", "cvt_6_4_32", "cct_7_3x1_32_sine"])
