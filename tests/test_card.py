@@ -200,7 +200,8 @@ def test_a_card_names_the_papers_baselines_for_what_they_are(tmp_path, name, tag
 def test_refilling_keeps_the_markdown_it_was_given():
     # class names of any kind are put into the prose: a line starting "- " or "1. " there would begin a list
     text = "Classes (" + ", ".join(["a - b", "1. c", "# d", "e === f"] * 12) + ").\n- an item `with a code span` "
-    text += "word " * 30 + "\n\n```python\nx  =  1   # kept as it is, a long line: " + "y " * 60 + "\n```\n| a | table |\n"
+    text += "word " * 30 + "\n\n```python\nx  =  1   # kept as it is, a long line: " + "y " * 60
+    text += "\n```\n| a | table |\n"
     for width in range(30, 60):
         refilled = _refilled(text, width)
         assert " ".join(refilled.split()) == " ".join(text.split())

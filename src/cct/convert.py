@@ -74,5 +74,6 @@ def convert_keras(path: str | Path, class_names: tuple[str, ...] = CIFAR10_CLASS
     except Exception as e:  # Keras raises many types for a file that is not the seed model's weights
         raise CCTError(f"{path}: not the weights of the seed Keras CCT ({str(e).splitlines()[0]})") from e
     model = create_model("cct_keras", num_classes=len(class_names), class_names=class_names)
-    model.load_state_dict(state_dict_from_keras_weights(model, [ops.convert_to_numpy(w) for w in keras_model.trainable_weights]))
+    weights = [ops.convert_to_numpy(w) for w in keras_model.trainable_weights]
+    model.load_state_dict(state_dict_from_keras_weights(model, weights))
     return model.eval()
