@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import psutil
@@ -20,7 +21,7 @@ import cct
 from cct.cli import main
 from cct.runtime import Runtime, available_cpus
 from cct.training import RECIPES, RunConfig, load_checkpoint, train
-from cct.training.distributed import require_gpus
+from cct.training.distributed import interrupt_once, require_gpus
 from tests.helpers import write_color_dataset
 
 # no dropout, drop path or flips: randomness would differ between one process and two
@@ -132,11 +133,37 @@ def test_a_failed_or_interrupted_nproc_run_says_so_once(tmp_path, monkeypatch, c
 
     assert stopped_in_epoch_2("run", lambda pid: os.killpg(pid, signal.SIGINT)) == (
         130, "cct: interrupted; `cct train --resume run` continues from the last saved state\n")
+    # torchrun's agent forwards Ctrl-C to the ranks once more; here a copy of it lands in their clean-up
+    def interrupted_twice(pid: int):
+        ranks = psutil.Process(pid).children(recursive=True)
+        os.killpg(pid, signal.SIGINT)
+        time.sleep(0.005)
+        for rank in ranks:
+            rank.send_signal(signal.SIGINT)
+
+    assert stopped_in_epoch_2("twice", interrupted_twice) == (
+        130, "cct: interrupted; `cct train --resume twice` continues from the last saved state\n")
     # a rank killed outright is named (after rank 0's error of a broken connection, if it saw one)
     status, err = stopped_in_epoch_2("killed", lambda pid: next(
         p for p in psutil.Process(pid).children() if p.environ()["RANK"] == "1").kill())
     assert status == 1 and err.count("cct: error") == 1
     assert err.splitlines()[-1] == "cct: error: training process 1 of 2 was stopped by SIGKILL"
+
+
+def test_a_rank_takes_ctrl_c_once():
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        # Python's own handler, as in a rank (torchrun's launcher, run in this process by other tests, leaves its own)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupt_once()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # Python runs the handler between bytecodes
+        os.kill(os.getpid(), signal.SIGINT)  # the copy torchrun forwards: ignored
+        time.sleep(0.1)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_data_parallel_cuda_training_needs_a_gpu_per_process():

@@ -5,6 +5,8 @@ processes; each trains on its shard of every global batch, DistributedDataParall
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,7 @@ class Ranks:
             return cls()
         if device_type == "cuda":
             require_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        interrupt_once()
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         return cls(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -66,6 +69,23 @@ class Ranks:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def interrupt_once() -> None:
+    """Let Ctrl-C interrupt this rank once. It reaches a rank twice: from the terminal, then from torchrun's
+    agent, which forwards it as it stops the ranks; the second, landing in the first one's clean-up or at exit,
+    cut that short (a traceback, or "terminate called without an active exception" from gloo's threads when it
+    kept the process group from being destroyed). Only where Python's own handler is in place, in the main
+    thread (the only one that may set handlers)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def require_gpus(processes: int) -> None:
