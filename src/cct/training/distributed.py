@@ -74,8 +74,7 @@ class Ranks:
 def interrupt_once() -> None:
     """Let Ctrl-C interrupt this rank once. It reaches a rank twice: from the terminal, then from torchrun's
     agent, which forwards it as it stops the ranks; the second, landing in the first one's clean-up or at exit,
-    cut that short with a traceback (and, likely, once left gloo's threads running at exit: "terminate called
-    without an active exception"). Only where Python's own handler is in place, in the main thread (the only
+    cut that short with a traceback. Only where Python's own handler is in place, in the main thread (the only
     one that may set handlers)."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
